@@ -1,0 +1,39 @@
+"""Typed errors for bad input.
+
+Every error that a user's file can cause derives from :class:`InputError` and names the file, so a
+folder reader can report or skip it and a service can map it to ``INVALID_ARGUMENT`` without a
+traceback ever reaching the caller.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+
+
+class HipgenError(Exception):
+    """Base of every error hipgen raises on purpose."""
+
+
+class InputError(HipgenError, ValueError):
+    """A file or value that hipgen cannot use. ``str(err)`` is one line: ``<source>: <reason>``."""
+
+    def __init__(self, source: str | PathLike[str] | None, reason: str) -> None:
+        self.source = str(source) if source is not None else None
+        self.reason = reason
+        super().__init__(f"{self.source}: {reason}" if self.source else reason)
+
+
+class CorruptFileError(InputError):
+    """The file is truncated or its bytes do not decode."""
+
+
+class UnsupportedImageError(InputError):
+    """The file decodes but is not a single-frame grey-scale radiograph (colour, multi-frame, no pixels)."""
+
+
+class ImageTooLargeError(InputError):
+    """The image would exceed the pixel cap (decompression-bomb guard)."""
+
+
+class LabelError(InputError):
+    """A label record is missing fields or holds values that make no sense."""
