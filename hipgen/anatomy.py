@@ -1,7 +1,8 @@
 """Norberg-angle geometry, the published label layout, grading tables and the Big/Small class.
 
 Pure functions on keypoints. Image convention (DESIGN §1): pixels of the file, origin top-left,
-x right, y down; *left* and *right* always mean the patient's side, whatever the image orientation.
+x right, y down, pixel centres at integer coordinates; *left* and *right* always mean the patient's
+side, whatever the image orientation.
 
 The Norberg angle (NA) of one hip is the angle at its femoral head centre between the line to the
 contralateral head centre and the line to the craniolateral rim of its own acetabulum. It is an
@@ -75,14 +76,19 @@ class HipKeypoints:
 
         s = math.sqrt(abs(float(np.linalg.det(m[:, :2]))))
         return HipKeypoints(
-            tp(self.left_head), tp(self.right_head), tp(self.left_rim), tp(self.right_rim),
-            self.left_radius * s, self.right_radius * s,
+            tp(self.left_head),
+            tp(self.right_head),
+            tp(self.left_rim),
+            tp(self.right_rim),
+            self.left_radius * s,
+            self.right_radius * s,
         )
 
-    def mirrored(self, width: float) -> HipKeypoints:
-        """The same hips in an image flipped left-right (``x -> width - x``): each hip keeps its side
-        label, it is only drawn on the other half of the image."""
-        return self.transformed(np.array([[-1.0, 0.0, width], [0.0, 1.0, 0.0]]))
+    def mirrored(self, width: int) -> HipKeypoints:
+        """The same hips in an image of ``width`` pixels flipped left-right (pixel centres sit at integer
+        coordinates, so ``x -> width - 1 - x``): each hip keeps its side label, it is only drawn on the
+        other half of the image."""
+        return self.transformed(np.array([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0]]))
 
 
 # --- the published label layout -------------------------------------------------------------------
@@ -212,5 +218,7 @@ def grade(na_deg: float, scheme: str = DEFAULT_SCHEME) -> str:
     try:
         table = GRADING_SCHEMES[scheme]
     except KeyError:
-        raise ValueError(f"unknown grading scheme {scheme!r}; choose one of {sorted(GRADING_SCHEMES)}") from None
+        raise ValueError(
+            f"unknown grading scheme {scheme!r}; choose one of {sorted(GRADING_SCHEMES)}"
+        ) from None
     return table.grade(na_deg)

@@ -17,12 +17,28 @@ from hipgen.errors import LabelError
 
 #: Column order of every tabular file hipgen writes.
 LABEL_COLUMNS: tuple[str, ...] = (
-    "file_name", "text", "na_left", "na_right",
-    "left_head_x", "left_head_y", "right_head_x", "right_head_y",
-    "left_rim_x", "left_rim_y", "right_rim_x", "right_rim_y",
-    "left_radius", "right_radius",
-    "class_left", "class_right", "grade_left", "grade_right",
-    "synthetic", "generator", "model_version", "seed",
+    "file_name",
+    "text",
+    "na_left",
+    "na_right",
+    "left_head_x",
+    "left_head_y",
+    "right_head_x",
+    "right_head_y",
+    "left_rim_x",
+    "left_rim_y",
+    "right_rim_x",
+    "right_rim_y",
+    "left_radius",
+    "right_radius",
+    "class_left",
+    "class_right",
+    "grade_left",
+    "grade_right",
+    "synthetic",
+    "generator",
+    "model_version",
+    "seed",
 )
 _FLOAT_COLUMNS = frozenset(LABEL_COLUMNS[2:14])
 _PROVENANCE = ("synthetic", "generator", "model_version", "seed")
@@ -75,18 +91,26 @@ class LabelRecord:
         **provenance: Any,
     ) -> LabelRecord:
         """Measure the angles from the keypoints (never trust a requested angle) and derive classes."""
-        na_l, na_r = kp.na_left, kp.na_right
+        na_l, na_r = float(kp.na_left), float(kp.na_right)
         return cls(
             file_name=file_name,
             text=caption(na_l, na_r) if text is None else text,
-            na_left=na_l, na_right=na_r,
-            left_head_x=kp.left_head[0], left_head_y=kp.left_head[1],
-            right_head_x=kp.right_head[0], right_head_y=kp.right_head[1],
-            left_rim_x=kp.left_rim[0], left_rim_y=kp.left_rim[1],
-            right_rim_x=kp.right_rim[0], right_rim_y=kp.right_rim[1],
-            left_radius=kp.left_radius, right_radius=kp.right_radius,
-            class_left=anatomy.hip_class(na_l, threshold), class_right=anatomy.hip_class(na_r, threshold),
-            grade_left=anatomy.grade(na_l, scheme), grade_right=anatomy.grade(na_r, scheme),
+            na_left=na_l,
+            na_right=na_r,
+            left_head_x=float(kp.left_head[0]),
+            left_head_y=float(kp.left_head[1]),
+            right_head_x=float(kp.right_head[0]),
+            right_head_y=float(kp.right_head[1]),
+            left_rim_x=float(kp.left_rim[0]),
+            left_rim_y=float(kp.left_rim[1]),
+            right_rim_x=float(kp.right_rim[0]),
+            right_rim_y=float(kp.right_rim[1]),
+            left_radius=float(kp.left_radius),
+            right_radius=float(kp.right_radius),
+            class_left=anatomy.hip_class(na_l, threshold),
+            class_right=anatomy.hip_class(na_r, threshold),
+            grade_left=anatomy.grade(na_l, scheme),
+            grade_right=anatomy.grade(na_r, scheme),
             **provenance,
         )
 
@@ -120,7 +144,7 @@ class LabelRecord:
             elif isinstance(v, bool):
                 out[k] = "true" if v else "false"
             else:
-                out[k] = repr(v) if isinstance(v, float) else str(v)
+                out[k] = repr(float(v)) if isinstance(v, float) else str(v)
         return out
 
     @classmethod
