@@ -90,16 +90,21 @@ def decode_image_bytes(data: bytes, *, source: str, pixel_cap: int | None = None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageTooLargeError(source, f"decompression bomb refused ({e})") from None
     except Image.UnidentifiedImageError:
-        raise UnsupportedImageError(source, "not an image file hipgen can read (PNG, JPEG, TIFF, BMP, DICOM)") from None
+        raise UnsupportedImageError(
+            source, "not an image file hipgen can read (PNG, JPEG, TIFF, BMP, DICOM)"
+        ) from None
     except (OSError, SyntaxError, ValueError) as e:
         raise CorruptFileError(source, f"image data is truncated or corrupt ({e})") from None
     if getattr(img, "n_frames", 1) > 1:
-        raise UnsupportedImageError(source, f"multi-frame image ({img.n_frames} frames); give one frame per file")
+        raise UnsupportedImageError(
+            source, f"multi-frame image ({img.n_frames} frames); give one frame per file"
+        )
     fmt = (img.format or "unknown").lower()
     pixels, depth = _to_unit_float(img, source)
     meta = {k: v for k, v in img.info.items() if isinstance(v, str)}
-    return Radiograph(pixels=pixels, source=source, format="jpeg" if fmt == "mpo" else fmt,
-                      bit_depth=depth, metadata=meta)
+    return Radiograph(
+        pixels=pixels, source=source, format="jpeg" if fmt == "mpo" else fmt, bit_depth=depth, metadata=meta
+    )
 
 
 def _to_unit_float(img: Image.Image, source: str) -> tuple[np.ndarray, int]:
