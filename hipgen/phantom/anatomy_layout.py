@@ -83,7 +83,8 @@ SHAFT_START = (0.19, 0.06)  # proximal end of the shaft axis, hidden in the troc
 SHAFT_STATIONS = (0.0, 0.18, 0.5, 0.82, 1.0)
 
 # Soft tissue: trunk half-width and depth along v (body units), thigh radii along the femur.
-TRUNK_V = (-4.0, -1.6, -0.7, -0.1, 0.45, 0.85, 1.05)
-TRUNK_HALF_WIDTH = (1.02, 1.0, 0.9, 0.96, 0.86, 0.6, 0.25)
-TRUNK_DEPTH = (2.6, 2.5, 2.1, 1.9, 1.6, 1.0, 0.4)
-THIGH_RADII = (0.5, 0.42, 0.26)  # at the hip, mid-femur, stifle
+TRUNK_V = (-4.0, -1.6, -0.7, -0.1, 0.45, 0.85, 1.1)
+TRUNK_HALF_WIDTH = (1.02, 1.0, 0.92, 0.98, 0.9, 0.7, 0.3)
+TRUNK_DEPTH = (2.2, 2.1, 1.9, 1.8, 1.5, 1.0, 0.3)
+THIGH_RADII = (0.52, 0.45, 0.27)  # at the hip, mid-femur, stifle
+THIGH_DEPTH = 1.5  # thigh depth along the beam / its half-width

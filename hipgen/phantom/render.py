@@ -296,27 +296,28 @@ def _spine(bone: np.ndarray, f: _Frame, rng: np.random.Generator) -> None:
             )
         v = v_end - lay.DISC_GAP
     # tail: a gently curving chain of shrinking vertebrae
-    curve = math.radians(f.spec.tail_deviation_deg)
-    u, v, heading = 0.0, lay.TAIL_START_V, 0.0
-    for i, length in enumerate(lay.TAIL_LENGTHS):
-        heading += curve / len(lay.TAIL_LENGTHS) * (1 + i / 4)
-        du, dv = length * math.sin(heading), length * math.cos(heading)
-        c = f.midline(u + du / 2, v + dv / 2)
+    for i, (u0, v0, u1, v1, heading) in enumerate(_tail_path(f.spec)):
+        length = math.hypot(u1 - u0, v1 - v0)
+        c = f.midline((u0 + u1) / 2, (v0 + v1) / 2)
         w = 0.075 * (1 - i / (len(lay.TAIL_LENGTHS) + 6))
         ang = tilt - math.degrees(heading)
         add_ellipsoid(bone, c, length / 2 * D * 0.92, w * D, ang, SPINE, depth=0.06 * D, power=3.0)
         if i < 3:  # transverse processes of the first caudal vertebrae
             for k in (-1, 1):
-                add_ellipsoid(
-                    bone,
-                    f.midline(u + du / 2 + k * (w + 0.04), v + dv / 2 - 0.02),
-                    0.03 * D,
-                    0.06 * D,
-                    ang,
-                    SPINE,
-                    depth=0.025 * D,
-                )
-        u, v = u + du + 0.03 * math.sin(heading), v + dv + 0.03 * math.cos(heading)
+                tp = f.midline((u0 + u1) / 2 + k * (w + 0.04), (v0 + v1) / 2 - 0.02)
+                add_ellipsoid(bone, tp, 0.03 * D, 0.06 * D, ang, SPINE, depth=0.025 * D)
+
+
+def _tail_path(spec: PhantomSpec) -> list[tuple[float, float, float, float, float]]:
+    """Caudal vertebrae as (u0, v0, u1, v1, heading) in body units, bending by ``tail_deviation_deg``."""
+    curve = math.radians(spec.tail_deviation_deg)
+    u, v, heading, out = 0.0, lay.TAIL_START_V, 0.0, []
+    for i, length in enumerate(lay.TAIL_LENGTHS):
+        heading += curve / len(lay.TAIL_LENGTHS) * (1 + i / 4)
+        u1, v1 = u + length * math.sin(heading), v + length * math.cos(heading)
+        out.append((u, v, u1, v1, heading))
+        u, v = u1 + 0.03 * math.sin(heading), v1 + 0.03 * math.cos(heading)
+    return out
 
 
 # --- soft tissue and gas --------------------------------------------------------------------------
@@ -344,13 +345,13 @@ def _soft_tissue(f: _Frame, kp: HipKeypoints, shape: tuple[int, int], rng: np.ra
         L = spec.femur_length_ratio
         pts = [(side * 0.55 + du * t, -0.12 + dv * t) for t in (0.0, 0.5 * L, L + 0.2, L + 2.0)]
         dn2, rad = polyline_field(u, v, pts, (*lay.THIGH_RADII, 0.17))
-        soft = np.maximum(soft, chords(dn2, 0.9 * rad, SOFT))
-    # the tail's own soft tissue, hanging between the hind limbs
-    tail = math.radians(spec.tail_deviation_deg)
-    dn2, rad = polyline_field(
-        u, v, [(0.0, 0.5), (0.6 * math.sin(tail), 0.5 + 2.5 * math.cos(tail))], (0.16, 0.1)
-    )
-    soft = np.maximum(soft, chords(dn2, rad, SOFT))
+        soft = np.maximum(soft, chords(dn2, lay.THIGH_DEPTH * rad, SOFT))
+    # the tail's own soft tissue, hanging between the hind limbs along the caudal vertebrae
+    shift = 0.22 * math.sin(math.radians(spec.pelvic_rotation_deg))  # as in _Frame.midline
+    path = [(u0 + shift, v0) for u0, v0, *_ in _tail_path(spec) if v0 > 0.2]
+    if len(path) >= 2:
+        dn2, rad = polyline_field(u, v, path, np.linspace(0.17, 0.1, len(path)).tolist())
+        soft = np.maximum(soft, chords(dn2, rad, SOFT))
     # a positioning trough adds plastic beside the body
     if spec.positioning_device:
         edge = float(rng.uniform(1.1, 1.5))
@@ -442,6 +443,7 @@ def _display(
     primary = np.exp(-A)
     if field is not None:
         primary *= field
+        body = body & (field > 0.5)  # processing looks at the exposed anatomy only
     # scatter: a broad glow proportional to the primary, computed small (it has no detail)
     k = 16
     small = cv2.resize(primary, (max(2, W // k), max(2, H // k)), interpolation=cv2.INTER_AREA)
@@ -463,9 +465,21 @@ def _display(
     if sigma > 0.3:
         noisy = cv2.GaussianBlur(noisy, (0, 0), sigma)
     L = -np.log(np.maximum(noisy, 0.5) / n0)
-    # window from the exposed field (ignore collimated borders and lead), then contrast/brightness/gamma
-    sample = L[::4, ::4] if field is None else L[::4, ::4][field[::4, ::4] > 0.5]
-    lo, hi = np.percentile(sample, (0.5, 99.7)) if sample.size else (0.0, 1.0)
+    if spec.range_compression > 0:  # multi-frequency CR processing flattens thickness (abdomen vs thighs)
+        ks = 8
+        small_wh = (max(2, W // ks), max(2, H // ks))
+        low = cv2.resize(L, small_wh, interpolation=cv2.INTER_AREA)
+        w = cv2.resize(body.astype(np.float32), small_wh, interpolation=cv2.INTER_AREA)
+        sig = max(low.shape) * 0.04
+        low = cv2.GaussianBlur(low * w, (0, 0), sig) / np.maximum(cv2.GaussianBlur(w, (0, 0), sig), 1e-3)
+        ref = float(np.median(L[::4, ::4][body[::4, ::4]])) if inside.size else float(np.median(low))
+        corr = cv2.GaussianBlur(w, (0, 0), 1.0) * (low - ref)  # only inside the body: air stays black
+        L = L - spec.range_compression * cv2.resize(corr, (W, H), interpolation=cv2.INTER_LINEAR)
+    # window from the anatomy, as CR/DR auto-ranging does: direct exposure (air), collimated borders
+    # and lead are left out of the histogram, so air clips to black and borders to white
+    sample = L[::4, ::4][body[::4, ::4]]
+    lo, hi = np.percentile(sample, (0.5, 99.8)) if sample.size > 16 else np.percentile(L, (0.5, 99.8))
+    lo = lo - 0.2 * (hi - lo)  # thin soft tissue at the skin stays dark grey rather than black
     width = max(float(hi - lo), 1e-3) / spec.contrast
     center = 0.5 * (lo + hi) + spec.brightness * width
     img = np.clip((L - (center - 0.5 * width)) / width, 0.0, 1.0) ** spec.gamma

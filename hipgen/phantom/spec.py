@@ -59,6 +59,7 @@ class PhantomSpec:
     contrast: float = 1.0  # window narrowing (> 1 more contrast)
     brightness: float = 0.0  # window shift, fraction of the window
     edge_enhance: float = 0.6  # unsharp-mask amount of the CR/DR processing
+    range_compression: float = 0.7  # how much thick regions are flattened by processing, 0 … 0.9
     blur_px: float = 0.6  # detector blur sigma at 512 px width (scales with the image)
     grid_lines: float = 0.0  # anti-scatter grid line amplitude (0 = no grid)
     grid_period_px: float = 3.1  # grid line period in pixels (aliases to moiré on purpose)
@@ -133,9 +134,10 @@ def _acquisition(rng: np.random.Generator, size: tuple[int, int]) -> dict[str, A
         scatter=float(rng.uniform(0.05, 0.45)),
         bone_contrast=float(rng.uniform(0.75, 1.3)),
         gamma=float(rng.uniform(0.7, 1.4)),
-        contrast=float(rng.uniform(0.8, 1.35)),
-        brightness=float(rng.uniform(-0.12, 0.12)),
+        contrast=float(rng.uniform(0.85, 1.25)),
+        brightness=float(rng.uniform(-0.08, 0.08)),
         edge_enhance=float(rng.uniform(0.0, 1.6)),
+        range_compression=float(rng.uniform(0.45, 0.9)),
         blur_px=float(rng.uniform(0.3, 1.6)),
         grid_lines=float(rng.uniform(0.01, 0.06)) if rng.random() < 0.35 else 0.0,
         grid_period_px=float(rng.uniform(2.2, 5.0)),
