@@ -1,0 +1,189 @@
+"""Runtime settings of every hipgen service and command: one :class:`Settings` class.
+
+Sources, highest priority first:
+
+1. keyword arguments (``Settings(port=0)``, used by tests);
+2. environment variables ``HIPGEN_<NAME>`` (case-insensitive), e.g. ``HIPGEN_PORT=50052``;
+3. a TOML file named by ``HIPGEN_CONFIG`` (or passed to :func:`get_settings`), with the field names
+   as top-level keys, e.g. ``port = 50052``;
+4. the defaults below.
+
+Unknown keys in the TOML file and invalid values raise at start-up, naming the key and the allowed
+values. ``python -m hipgen.settings`` prints the markdown table of every setting that the README
+embeds (:func:`settings_table_markdown`); ``--effective`` prints the values in force instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import typing
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from hipgen.errors import InputError
+
+ENV_PREFIX = "HIPGEN_"
+#: Environment variable naming the optional TOML config file.
+CONFIG_ENV = "HIPGEN_CONFIG"
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+# The config file for the Settings() call in progress; set by get_settings(config_file=...).
+_config_file: ContextVar[Path | None] = ContextVar("hipgen_config_file", default=None)
+
+
+class Settings(BaseSettings):
+    """Settings of hipgen services and commands (env prefix ``HIPGEN_``, optional TOML file)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Address the gRPC server (and /metrics) binds to.")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free port.")
+    metrics_port: int = Field(
+        9464, ge=0, le=65535, description="Port of the Prometheus `/metrics` endpoint; 0 disables it."
+    )
+    model_repository: Path = Field(
+        Path("model_repository"), description="Triton-layout model repository the ORT backend loads."
+    )
+    backend: Literal["ort", "triton"] = Field(
+        "ort", description="Inference backend: `ort` (embedded ONNX Runtime) or `triton` (remote Triton)."
+    )
+    triton_url: str = Field(
+        "127.0.0.1:8001", description="Triton gRPC address (`host:port`), for backend `triton`."
+    )
+    log_level: LogLevel = Field("INFO", description="Root log level (case-insensitive).")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="Log format: `json` (one JSON object per line) or `text` (for a terminal)."
+    )
+    max_image_pixels: int = Field(
+        64_000_000, gt=0, description="Largest image accepted, in pixels (decompression-bomb guard)."
+    )
+    max_message_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="Largest gRPC message received or sent, in bytes."
+    )
+    out_dir: Path = Field(
+        Path("out"), description="Directory for outputs of commands and local dataset jobs."
+    )
+    grace_period_s: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds in-flight RPCs get to finish on SIGTERM/SIGINT; keep it above the slowest "
+        "generation and below the pod's terminationGracePeriodSeconds.",
+    )
+    max_workers: int = Field(8, ge=1, description="Threads serving RPCs concurrently.")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = config_file()
+        if path is not None:
+            if not path.is_file():
+                raise InputError(path, f"config file not found (from {CONFIG_ENV} or --config)")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+def config_file() -> Path | None:
+    """The TOML config file in force: the one passed to :func:`get_settings`, else ``$HIPGEN_CONFIG``."""
+    explicit = _config_file.get()
+    if explicit is not None:
+        return explicit
+    raw = os.environ.get(CONFIG_ENV, "").strip()
+    return Path(raw) if raw else None
+
+
+def get_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Read the settings now (not cached: services call it once at start-up).
+
+    ``config_file`` takes the place of ``$HIPGEN_CONFIG``; ``overrides`` beat every other source.
+    Raises ``pydantic.ValidationError`` naming each bad value, or :class:`hipgen.errors.InputError`
+    when the config file does not exist.
+
+    >>> get_settings(port=0).port
+    0
+    """
+    token = _config_file.set(Path(config_file) if config_file is not None else None)
+    try:
+        return Settings(**overrides)
+    finally:
+        _config_file.reset(token)
+
+
+def env_var(name: str) -> str:
+    """Environment variable of a setting: ``port`` -> ``HIPGEN_PORT``."""
+    return f"{ENV_PREFIX}{name.upper()}"
+
+
+def env_vars() -> list[str]:
+    """Every environment variable hipgen's settings read, ``HIPGEN_CONFIG`` first."""
+    return [CONFIG_ENV, *(env_var(n) for n in Settings.model_fields)]
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return " \\| ".join(f"`{a}`" for a in typing.get_args(annotation))
+    if annotation is Path:
+        return "path"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _default_text(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1_000_000:
+        return f"`{value:_}`"  # 64_000_000 reads better than 64000000, and is valid TOML and Python
+    return f"`{value}`"
+
+
+def settings_table_markdown() -> str:
+    """Markdown table of every setting: name, environment variable, type, default, description."""
+    rows = [
+        "| Setting | Environment variable | Type | Default | Description |",
+        "|---|---|---|---|---|",
+        f"| — | `{CONFIG_ENV}` | path | unset | TOML file with any of the settings below as top-level "
+        "keys; environment variables override it. |",
+    ]
+    for name, info in Settings.model_fields.items():
+        desc = (info.description or "").replace("|", "\\|")
+        rows.append(
+            f"| `{name}` | `{env_var(name)}` | {_type_name(info.annotation)} | {_default_text(info.default)} "
+            f"| {desc} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hipgen.settings", description="Print hipgen's settings.")
+    parser.add_argument("--effective", action="store_true", help="print the values in force, as JSON")
+    args = parser.parse_args(argv)
+    if args.effective:
+        print(json.dumps(get_settings().model_dump(mode="json"), indent=2))
+    else:
+        sys.stdout.write(settings_table_markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
