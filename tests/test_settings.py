@@ -37,10 +37,17 @@ def test_defaults():
     assert s.grace_period_s > 0 and s.max_workers >= 1
 
 
-def test_max_image_pixels_default_matches_the_image_reader():
-    from hipgen.data.images import DEFAULT_MAX_PIXELS
+def test_image_reader_takes_its_pixel_cap_from_the_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from hipgen.data.images import max_pixels
 
-    assert Settings.model_fields["max_image_pixels"].default == DEFAULT_MAX_PIXELS
+    assert max_pixels() == Settings.model_fields["max_image_pixels"].default
+    monkeypatch.setenv("HIPGEN_MAX_IMAGE_PIXELS", "1234")
+    assert max_pixels() == 1234
+    cfg = tmp_path / "hipgen.toml"
+    cfg.write_text("max_image_pixels = 999\n")
+    monkeypatch.delenv("HIPGEN_MAX_IMAGE_PIXELS")
+    monkeypatch.setenv("HIPGEN_CONFIG", str(cfg))
+    assert max_pixels() == 999  # a value set only in the config file reaches the reader too
 
 
 def test_env_overrides_defaults(monkeypatch: pytest.MonkeyPatch):

@@ -6,8 +6,10 @@ user's file can cause raises a typed :class:`hipgen.errors.InputError` naming th
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,17 +20,16 @@ from PIL import Image, PngImagePlugin
 
 from hipgen.errors import CorruptFileError, ImageTooLargeError, InputError, UnsupportedImageError
 
-#: Pixel cap (decompression-bomb guard): a little above the largest real studies (4,300 px square
-#: is 18.5 MP). ``HIPGEN_MAX_IMAGE_PIXELS`` overrides it.
-DEFAULT_MAX_PIXELS = 64_000_000
-
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 
 
 def max_pixels() -> int:
-    raw = os.environ.get("HIPGEN_MAX_IMAGE_PIXELS")
-    return int(raw) if raw else DEFAULT_MAX_PIXELS
+    """The pixel cap (decompression-bomb guard) from the settings: ``HIPGEN_MAX_IMAGE_PIXELS`` or the
+    config file; the default sits a little above the largest real studies (4,300 px square is 18.5 MP)."""
+    from hipgen.settings import get_settings
+
+    return get_settings().max_image_pixels
 
 
 @dataclass
@@ -41,6 +42,9 @@ class Radiograph:
     bit_depth: int
     pixel_spacing_mm: tuple[float, float] | None = None  # (row, column) spacing in mm
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM")
 
 
 def is_dicom_bytes(head: bytes) -> bool:
@@ -152,7 +156,7 @@ def to_uint(pixels: np.ndarray, bits: int) -> np.ndarray:
 def encode_png(pixels: np.ndarray, *, bits: int = 8, text: dict[str, str] | None = None) -> bytes:
     """PNG bytes of a grey image; ``text`` goes into tEXt chunks (the synthetic flag, DESIGN §6)."""
     arr = to_uint(pixels, bits)
-    img = Image.fromarray(arr, mode="L") if bits == 8 else Image.fromarray(arr.astype("<u2"), mode="I;16")
+    img = Image.fromarray(arr if bits == 8 else arr.astype("<u2"))  # Pillow infers L / I;16
     info = PngImagePlugin.PngInfo()
     for k, v in (text or {}).items():
         info.add_text(k, v)
@@ -166,14 +170,22 @@ def encode_jpeg(pixels: np.ndarray, *, quality: int = 95, comment: str | None = 
     kwargs: dict[str, Any] = {"quality": quality}
     if comment:
         kwargs["comment"] = comment.encode()
-    Image.fromarray(to_uint(pixels, 8), mode="L").save(buf, format="JPEG", **kwargs)
+    Image.fromarray(to_uint(pixels, 8)).save(buf, format="JPEG", **kwargs)
     return buf.getvalue()
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file and rename, so a crash never leaves a half-written file (DESIGN §6)."""
+    """Write via a unique temp file in the same folder, fsync, then rename: a crash or a concurrent
+    writer never leaves a half-written file (DESIGN §6), and a failed write leaves no temp file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -127,7 +127,8 @@ class LabelRecord:
     def with_keypoints(self, kp: anatomy.HipKeypoints, **changes: Any) -> LabelRecord:
         """The same record for new pixel coordinates (after a resize or crop): angles, classes and
         grades are re-measured, provenance is kept."""
-        fresh = LabelRecord.from_keypoints(self.file_name, kp, text=self.text)
+        auto = self.text == caption(self.na_left, self.na_right)  # a generated caption follows the angles
+        fresh = LabelRecord.from_keypoints(self.file_name, kp, text=None if auto else self.text)
         keep = {k: getattr(self, k) for k in _PROVENANCE}
         return replace(fresh, **{**keep, **changes})
 
@@ -204,7 +205,8 @@ def _parse_bool(raw: Any, source: str | None) -> bool | None:
 
 
 def _parse_int(raw: Any, source: str | None) -> int:
-    try:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
         return int(raw)
-    except (TypeError, ValueError):
-        raise LabelError(source, f"seed is not an integer: {raw!r}") from None
+    raise LabelError(source, f"seed is not an integer: {raw!r}")

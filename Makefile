@@ -1,0 +1,63 @@
+# hipgen — `make run` and `make test` do everything on a fresh machine (see README).
+# Setup is incremental: the venv is made once, each install step re-runs only when pyproject.toml
+# changes (stamp files), and pip's cache keeps re-installs fast.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMPS := $(VENV)/.stamps
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: run serve test setup setup-train protos lint bench phantom-grid clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+# serving + dev stack (no torch): what the services and the test suite need
+$(STAMPS)/core: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[serve,dev]'
+	@mkdir -p $(STAMPS) && touch $@
+
+# the heavy training stack (torch, torchvision, diffusers) in its own step
+$(STAMPS)/train: pyproject.toml | $(STAMPS)/core
+	$(PIP) install -e '.[serve,dev,train]'
+	@mkdir -p $(STAMPS) && touch $@
+
+PROTOS    := $(wildcard protos/hipgen/v1/*.proto)
+API_STAMP := hipgen/api/v1/__init__.py
+
+$(API_STAMP): $(PROTOS) scripts/gen_protos.py | $(STAMPS)/core
+	$(BIN)/python scripts/gen_protos.py
+
+protos: $(STAMPS)/core
+	$(BIN)/python scripts/gen_protos.py
+
+setup: $(STAMPS)/core $(API_STAMP)
+
+setup-train: setup $(STAMPS)/train
+
+# pytest exits 5 when it collects nothing: that is a broken suite here, not a pass.
+test: setup
+	@$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests — failing: the suite must not be empty"; exit 1; fi; \
+	exit $$rc
+
+run: setup
+	$(BIN)/python -m hipgen.demo
+
+serve: setup
+	$(BIN)/python -m services.server
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check hipgen/phantom hipgen/anatomy.py
+
+bench: setup
+	$(BIN)/python bench/phantom/bench_phantom.py
+
+phantom-grid: setup
+	$(BIN)/hipgen grid --out docs/phantom_grid.png
+
+clean:
+	rm -rf $(VENV) out hipgen/api/v1 .pytest_cache .ruff_cache
