@@ -16,7 +16,13 @@ from hipgen.data.record import LabelRecord
 
 @pytest.mark.parametrize(
     ("rim", "expected"),
-    [((0.0, -5.0), 90.0), ((-5.0, -5.0), 45.0), ((5.0, -5.0), 135.0), ((-3.0, 0.0), 0.0), ((3.0, 0.0), 180.0)],
+    [
+        ((0.0, -5.0), 90.0),
+        ((-5.0, -5.0), 45.0),
+        ((5.0, -5.0), 135.0),
+        ((-3.0, 0.0), 0.0),
+        ((3.0, 0.0), 180.0),
+    ],
 )
 def test_hand_built_angles_are_exact(rim, expected):
     # head at the origin, other head to its left (-x): the angle opens towards the rim
@@ -78,7 +84,9 @@ def test_mirror_swaps_left_and_right(kp, width):
     assert m.na_right == pytest.approx(kp.na_right, abs=1e-7)
     assert m.left_head[0] == pytest.approx(width - 1 - kp.left_head[0])
     # read by image position (what a model that ignores markers does), left and right swap
-    by_position = HipKeypoints(m.right_head, m.left_head, m.right_rim, m.left_rim, m.right_radius, m.left_radius)
+    by_position = HipKeypoints(
+        m.right_head, m.left_head, m.right_rim, m.left_rim, m.right_radius, m.left_radius
+    )
     assert by_position.na_left == pytest.approx(kp.na_right, abs=1e-7)
     assert by_position.na_right == pytest.approx(kp.na_left, abs=1e-7)
 
@@ -114,8 +122,17 @@ def test_big_small_threshold_and_worst_side():
 
 @pytest.mark.parametrize(
     ("na", "fci", "bva"),
-    [(130.0, "A", "0"), (105.0, "A", "0"), (104.0, "B", "1"), (100.0, "C", "1"), (96.0, "C", "2"),
-     (93.0, "D", "3"), (89.9, "E", "4"), (82.0, "E", "5"), (70.0, "E", "6")],
+    [
+        (130.0, "A", "0"),
+        (105.0, "A", "0"),
+        (104.0, "B", "1"),
+        (100.0, "C", "1"),
+        (96.0, "C", "2"),
+        (93.0, "D", "3"),
+        (89.9, "E", "4"),
+        (82.0, "E", "5"),
+        (70.0, "E", "6"),
+    ],
 )
 def test_grading_tables(na, fci, bva):
     assert anatomy.grade(na, "fci") == fci

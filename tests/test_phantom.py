@@ -47,7 +47,7 @@ def test_deterministic_for_spec_and_seed():
 
 def test_pixels_are_unit_float_and_integer_views_match():
     s = render_phantom(PhantomSpec(**SMALL), seed=1)
-    assert s.pixels.dtype == np.float32 and 0.0 <= s.pixels.min() and s.pixels.max() <= 1.0
+    assert s.pixels.dtype == np.float32 and s.pixels.min() >= 0.0 and s.pixels.max() <= 1.0
     assert s.pixels16.dtype == np.uint16 and s.pixels8.dtype == np.uint8
     assert np.abs(s.pixels16 / 65535.0 - s.pixels).max() <= 0.5 / 65535 + 1e-7
 
@@ -55,8 +55,15 @@ def test_pixels_are_unit_float_and_integer_views_match():
 def test_left_angle_changes_only_the_left_hip():
     """The rim the label names is the rim that is drawn: changing the left NA changes pixels round the
     left head only."""
-    base = PhantomSpec(na_left=85.0, na_right=105.0, width=256, height=256, inter_head_fraction=0.45,
-                       marker="", burned_text=0)
+    base = PhantomSpec(
+        na_left=85.0,
+        na_right=105.0,
+        width=256,
+        height=256,
+        inter_head_fraction=0.45,
+        marker="",
+        burned_text=0,
+    )
     a = render_phantom(base, seed=2)
     b = render_phantom(replace(base, na_left=125.0), seed=2)
     diff = np.abs(a.pixels - b.pixels)
@@ -70,7 +77,9 @@ def test_left_angle_changes_only_the_left_hip():
 
 
 def test_bone_is_brighter_at_heads_than_in_soft_tissue():
-    s = render_phantom(PhantomSpec(width=256, height=256, inter_head_fraction=0.45, marker="", burned_text=0), 3)
+    s = render_phantom(
+        PhantomSpec(width=256, height=256, inter_head_fraction=0.45, marker="", burned_text=0), 3
+    )
     mid = np.add(s.keypoints.left_head, s.keypoints.right_head) / 2
     for head in (s.keypoints.left_head, s.keypoints.right_head):
         x, y = np.round(head).astype(int)
@@ -83,9 +92,12 @@ def test_bone_is_brighter_at_heads_than_in_soft_tissue():
 @pytest.mark.parametrize("orientation", [90, 180, 270])
 def test_orientation_rotates_pixels_and_keypoints_together(orientation):
     up = PhantomSpec(width=160, height=224, burned_text=0)
-    turned = replace(up, orientation=orientation,
-                     width=up.height if orientation != 180 else up.width,
-                     height=up.width if orientation != 180 else up.height)
+    turned = replace(
+        up,
+        orientation=orientation,
+        width=up.height if orientation != 180 else up.width,
+        height=up.width if orientation != 180 else up.height,
+    )
     a, b = render_phantom(up, seed=4), render_phantom(turned, seed=4)
     k = orientation // 90
     assert np.array_equal(np.rot90(a.pixels, -k), b.pixels)
@@ -113,8 +125,10 @@ def test_population_proportions_match_real_radiographs():
     NA mean ≈ 103° sd ≈ 12°."""
     rng = np.random.default_rng(0)
     specs = [sample_spec("population", rng) for _ in range(600)]
-    kps = [render_phantom(replace(s, width=96, height=96, orientation=0, mirror=False), 0).keypoints
-           for s in specs[:60]]
+    kps = [
+        render_phantom(replace(s, width=96, height=96, orientation=0, mirror=False), 0).keypoints
+        for s in specs[:60]
+    ]
     d = np.array([math.dist(k.left_head, k.right_head) for k in kps])
     r = np.array([k.left_radius for k in kps])
     rim = np.array([math.dist(k.left_head, k.left_rim) for k in kps])
@@ -130,8 +144,12 @@ def test_population_proportions_match_real_radiographs():
 
 
 def test_whole_pelvis_and_large_images():
-    s = render_phantom(PhantomSpec(width=2048, height=2560, burned_text=2, collimation=(0.05, 0.0, 0.08, 0.0),
-                                   grid_lines=0.04), seed=9)
+    s = render_phantom(
+        PhantomSpec(
+            width=2048, height=2560, burned_text=2, collimation=(0.05, 0.0, 0.08, 0.0), grid_lines=0.04
+        ),
+        seed=9,
+    )
     assert s.pixels.shape == (2560, 2048)
     assert s.pixels[:50, :].mean() > 0.9  # collimated border renders white
     assert abs(s.keypoints.na_left - 105.0) < 0.01

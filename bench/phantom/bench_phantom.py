@@ -40,8 +40,9 @@ def main() -> None:
         rng = np.random.default_rng(0)
         # square images only, so that both rows render the same number of pixels
         randomised = [
-            PhantomSpec.from_dict({**sample_spec("uniform", rng, image_size=size).to_dict(),
-                                   "width": size, "height": size})
+            PhantomSpec.from_dict(
+                {**sample_spec("uniform", rng, image_size=size).to_dict(), "width": size, "height": size}
+            )
             for _ in range(args.count)
         ]
         rows.append((f"{size}²", "default", rate(fixed)))

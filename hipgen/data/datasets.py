@@ -37,6 +37,8 @@ from hipgen.data.manifest import (
     ReadReport,
     entry_for,
     read_manifest,
+    safe_relpath,
+    store,
     write_manifest,
 )
 from hipgen.data.preprocess import Preprocessing
@@ -76,7 +78,7 @@ class DicomFolderWriter:
         self.entries: list[FileEntry] = []
 
     def add(self, record: LabelRecord, pixels: np.ndarray, pixels16: np.ndarray | None = None,
-            *, split: str | None = None) -> LabelRecord:
+            *, split: str | None = None, pixel_spacing_mm: tuple[float, float] | None = None) -> LabelRecord:
         from hipgen.data.dicom import write_synthetic_dicom
 
         if record.synthetic is False:
@@ -90,7 +92,7 @@ class DicomFolderWriter:
         write_synthetic_dicom(self.root / rel, exact_pixels(pixels, pixels16), record=rec,
                               generator=rec.generator or self.generator,
                               model_version=rec.model_version or self.model_version, seed=rec.seed,
-                              pixel_spacing_mm=self.pixel_spacing_mm, bits=self.bits)
+                              pixel_spacing_mm=pixel_spacing_mm or self.pixel_spacing_mm, bits=self.bits)
         self.entries.append(entry_for(self.root, rel, split=split, record=rec))
         return rec
 
@@ -160,14 +162,27 @@ class DatasetWriter:
         self._closed = False
 
     def add(self, record: LabelRecord, pixels: np.ndarray, pixels16: np.ndarray | None = None,
-            *, split: str | None = None) -> LabelRecord:
-        """Store one sample; returns the record as stored (``file_name`` = its path in the dataset)."""
+            *, split: str | None = None, pixel_spacing_mm: tuple[float, float] | None = None) -> LabelRecord:
+        """Store one sample; returns the record as stored (``file_name`` = its path in the dataset).
+        ``pixel_spacing_mm`` (row, column) is kept where the format has a place for it (DICOM)."""
         if self._closed:
             raise ValueError("writer is closed")
         if self._pre is not None:
             pixels, rec = self._pre(pixels, record)
             record, pixels16 = rec if rec is not None else record, None
+            pixel_spacing_mm = None  # a resize changes it; unknown is better than wrong
+        if pixel_spacing_mm is not None and isinstance(self.inner, DicomFolderWriter):
+            return self.inner.add(record, pixels, pixels16, split=split, pixel_spacing_mm=pixel_spacing_mm)
         return self.inner.add(record, pixels, pixels16, split=split)
+
+    def add_sidecar(self, rel: str, data: bytes) -> FileEntry:
+        """Store an extra file that belongs to the data set (e.g. the phantom spec of every image),
+        atomically and listed in the manifest, so ``verify_manifest`` checks it like the images."""
+        if self._closed:
+            raise ValueError("writer is closed")
+        entry = store(self.root, safe_relpath(rel), data)
+        self.inner.entries.append(entry)
+        return entry
 
     def close(self) -> Manifest:
         if self.manifest is None:

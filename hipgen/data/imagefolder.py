@@ -119,3 +119,17 @@ def iter_imagefolder(root: Path | str, *, on_error: OnError = "raise",
     for p in sorted(root.rglob("*")):
         if p.suffix.lower() in IMAGE_SUFFIXES and p.relative_to(root).as_posix() not in seen:
             report.warnings.append(f"{p}: image not named in {METADATA_NAME}; not read")
+
+
+def find_label(image: Path | str) -> LabelRecord | None:
+    """The label record of one image inside an image folder or class folders: the ``metadata.csv`` in
+    its folder or the one above (``Big/x.png``), matched by the path relative to that table."""
+    p = Path(image).resolve()
+    for root in (p.parent, p.parent.parent):
+        meta = root / METADATA_NAME
+        if meta.is_file():
+            rel = p.relative_to(root).as_posix()
+            for rec in read_labels_csv(meta):
+                if rec.file_name == rel:
+                    return rec
+    return None
