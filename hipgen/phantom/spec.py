@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -255,14 +256,16 @@ def sample_spec(
     return DISTRIBUTIONS[distribution](rng, image_size, na_range)
 
 
-def _sample_uniform(rng: np.random.Generator, side: int, na_range: tuple[float, float] | None) -> PhantomSpec:
+def _sample_uniform(
+    rng: np.random.Generator, side: int, na_range: tuple[float, float] | None, *, randomise: bool = True
+) -> PhantomSpec:
     return _make(
         rng,
         side,
         _uniform_na(rng, na_range or (75.0, 125.0)),
-        rotate_prob=0.15,
-        mirror_prob=0.05,
-        randomise=True,
+        rotate_prob=0.15 * randomise,
+        mirror_prob=0.05 * randomise,
+        randomise=randomise,
     )
 
 
@@ -278,19 +281,8 @@ def _sample_population(
     return _make(rng, side, na, rotate_prob=0.15, mirror_prob=0.05, randomise=True)
 
 
-def _sample_tidy(rng: np.random.Generator, side: int, na_range: tuple[float, float] | None) -> PhantomSpec:
-    return _make(
-        rng,
-        side,
-        _uniform_na(rng, na_range or (75.0, 125.0)),
-        rotate_prob=0.0,
-        mirror_prob=0.0,
-        randomise=False,
-    )
-
-
 DISTRIBUTIONS: dict[str, SpecSampler] = {
     "uniform": _sample_uniform,
     "population": _sample_population,
-    "tidy": _sample_tidy,
+    "tidy": partial(_sample_uniform, randomise=False),
 }

@@ -1,0 +1,30 @@
+"""`make run`'s demo as a user runs it: renders a set, starts the real server on 127.0.0.1, probes it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hipgen.data.manifest import verify_manifest
+
+
+def test_demo_renders_starts_server_and_reports(tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HIPGEN_")}
+    env["HIPGEN_OUT_DIR"] = str(tmp_path / "out")
+    done = subprocess.run(
+        [sys.executable, "-m", "hipgen.demo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "demo OK" in done.stdout
+    for service in ("AngleService", "GenerateService", "ScoreService", "DatasetService"):
+        assert f"hipgen.v1.{service}" in done.stdout
+    data = tmp_path / "out" / "phantoms"
+    assert len(list(data.glob("*.png"))) == 24 and verify_manifest(data).ok
+    assert (tmp_path / "out" / "phantom_grid.png").stat().st_size > 10_000
