@@ -40,6 +40,7 @@ RENDERER_VERSION = "phantom-1"
 # water-like soft tissue; bone values are the excess over the soft tissue they displace.
 MU_SOFT = 1.0
 CORTEX = Material(cortex=3.2, inner=0.9)
+BAR = Material(cortex=2.4, inner=0.8, shell=0.7)  # thick parts of the flat pelvic bones
 SHAFT = Material(cortex=3.4, inner=0.35, shell=0.62)  # long-bone diaphysis: thick cortex, marrow canal
 DENSE = Material(cortex=3.4, inner=1.4, shell=0.7)  # small dense bones: patella, fabellae, trochanter tip
 SPINE = Material(cortex=2.8, inner=0.8, shell=0.72)
@@ -152,7 +153,7 @@ def _femur(bone: np.ndarray, f: _Frame, kp: HipKeypoints, side: int, rng: np.ran
 
     add_ellipsoid(bone, h, r, r, 0.0, CORTEX)  # femoral head
     neck_end = off(*lay.NECK_END)
-    add_tube(bone, h, neck_end, 0.6 * r, 0.7 * r, CORTEX)  # femoral neck
+    add_tube(bone, h, neck_end, 0.72 * r, 0.8 * r, CORTEX)  # femoral neck
     gt = off(*lay.GREATER_TROCHANTER)
     tilt = math.degrees(math.atan2(f.ey[1], f.ey[0]))
     add_ellipsoid(
@@ -211,8 +212,8 @@ def _acetabulum(bone: np.ndarray, f: _Frame, kp: HipKeypoints, side: int) -> Non
     rho = math.hypot(rim[0] - h[0], rim[1] - h[1])
     axes = (m, cranial)
     # wall: annular sector from medial-caudal round the cranial side to the rim
-    outer = arc_points(h, 1.55 * r, -35.0, na, axes, 20)
-    inner = arc_points(h, 0.97 * r, na, -35.0, axes, 20)
+    outer = arc_points(h, 1.5 * r, -105.0, na, axes, 24)  # caudal acetabulum joins the ischium
+    inner = arc_points(h, 0.97 * r, na, -105.0, axes, 24)
     add_plate(bone, outer + [rim] + inner, thickness=0.1 * f.D, cortex=0.25 * f.D, edge_px=0.2 * r)
     # dorsal acetabular rim: thin dense arc ending at the rim point
     arc = arc_points(h, rho, max(na - 110.0, -20.0), na, axes, 18)
@@ -226,7 +227,7 @@ def _pelvis(bone: np.ndarray, f: _Frame, side: int) -> None:
     ilium = smooth_outline([f.pelvis(u, v, side) for u, v in lay.ILIUM])
     add_plate(bone, ilium, thickness=0.07 * D, cortex=0.3 * D, edge_px=0.04 * D)
     for p0, p1, r0, r1 in lay.PELVIC_BARS:
-        add_tube(bone, f.pelvis(*p0, side), f.pelvis(*p1, side), r0 * D, r1 * D, CORTEX)
+        add_tube(bone, f.pelvis(*p0, side), f.pelvis(*p1, side), r0 * D, r1 * D, BAR)
     oc = lay.OBTURATOR_CENTER
     a, b = lay.OBTURATOR_AXES
     t = math.radians(lay.OBTURATOR_TILT_DEG)
