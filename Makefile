@@ -51,7 +51,7 @@ serve: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check hipgen/phantom hipgen/anatomy.py
+	$(BIN)/ruff format --check .
 
 bench: setup
 	$(BIN)/python bench/phantom/bench_phantom.py

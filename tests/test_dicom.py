@@ -65,10 +65,19 @@ def test_every_corpus_file_reads_or_is_refused_with_a_typed_error(item: tuple[st
 
 
 MUST_READ = [
-    TEST_FILES / n for n in (
-        "MR_small.dcm", "CT_small.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm",
-        "MR_small_jpeg_ls_lossless.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm",
-        "JPEG2000.dcm", "JPGExtended.dcm", "JPEGLSNearLossless_16.dcm", "image_dfl.dcm",
+    TEST_FILES / n
+    for n in (
+        "MR_small.dcm",
+        "CT_small.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_implicit.dcm",
+        "JPEG2000.dcm",
+        "JPGExtended.dcm",
+        "JPEGLSNearLossless_16.dcm",
+        "image_dfl.dcm",
         "dicomdirtests/77654033/CR1/6154",
     )
 ] + [EXTRA_DATA / n for n in ("JPEG-LL.dcm", "RG1_J2KR.dcm", "RG3_J2KI.dcm", "mlut_18.dcm", "vlut_04.dcm")]
@@ -88,19 +97,35 @@ def test_sweep_reads_the_grey_scale_images() -> None:
     assert read >= 80, read  # 88 with pydicom 3.0 + pydicom-data 1.0
 
 
-LOSSLESS_PAIRS = [(TEST_FILES / "MR_small.dcm", TEST_FILES / n) for n in (
-    "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
-    "MR_small_bigendian.dcm", "MR_small_expb.dcm", "MR_small_implicit.dcm")] + [
-    (EXTRA_DATA / f"{s}_UNCR.dcm", EXTRA_DATA / f"{s}_J2KR.dcm") for s in ("693", "MR2", "RG1", "RG3")] + [
-    (EXTRA_DATA / "JPEG2000_UNC.dcm", TEST_FILES / "JPEG2000.dcm"),
-    (TEST_FILES / "rtdose_1frame.dcm", TEST_FILES / "rtdose_rle_1frame.dcm")]
+LOSSLESS_PAIRS = (
+    [
+        (TEST_FILES / "MR_small.dcm", TEST_FILES / n)
+        for n in (
+            "MR_small_RLE.dcm",
+            "MR_small_jp2klossless.dcm",
+            "MR_small_jpeg_ls_lossless.dcm",
+            "MR_small_bigendian.dcm",
+            "MR_small_expb.dcm",
+            "MR_small_implicit.dcm",
+        )
+    ]
+    + [(EXTRA_DATA / f"{s}_UNCR.dcm", EXTRA_DATA / f"{s}_J2KR.dcm") for s in ("693", "MR2", "RG1", "RG3")]
+    + [
+        (EXTRA_DATA / "JPEG2000_UNC.dcm", TEST_FILES / "JPEG2000.dcm"),
+        (TEST_FILES / "rtdose_1frame.dcm", TEST_FILES / "rtdose_rle_1frame.dcm"),
+    ]
+)
 # *_UNCI holds the decoded irreversible (lossy) stream, so a decoder may differ by rounding only
 LOSSY_PAIRS = [(EXTRA_DATA / "693_UNCI.dcm", TEST_FILES / "693_J2KI.dcm")] + [
-    (EXTRA_DATA / f"{s}_UNCI.dcm", EXTRA_DATA / f"{s}_J2KI.dcm") for s in ("MR2", "RG1", "RG3")]
+    (EXTRA_DATA / f"{s}_UNCI.dcm", EXTRA_DATA / f"{s}_J2KI.dcm") for s in ("MR2", "RG1", "RG3")
+]
 
 
-@pytest.mark.parametrize(("ref", "other", "tol"), [(a, b, 1e-6) for a, b in LOSSLESS_PAIRS]
-                         + [(a, b, 2e-3) for a, b in LOSSY_PAIRS], ids=lambda v: getattr(v, "name", str(v)))
+@pytest.mark.parametrize(
+    ("ref", "other", "tol"),
+    [(a, b, 1e-6) for a, b in LOSSLESS_PAIRS] + [(a, b, 2e-3) for a, b in LOSSY_PAIRS],
+    ids=lambda v: getattr(v, "name", str(v)),
+)
 def test_compressed_files_match_their_uncompressed_counterpart(ref: Path, other: Path, tol: float) -> None:
     a, b = read_dicom(ref), read_dicom(other)
     assert a.pixels.shape == b.pixels.shape
@@ -179,11 +204,28 @@ def test_min_max_when_there_is_no_window() -> None:
 
 # --- synthetic files -------------------------------------------------------------------------------
 RECORD = LabelRecord(
-    file_name="syn_0001.dcm", text="VD hip-extended radiograph of a dog, NA left 101.3, right 97.25 °",
-    na_left=101.30000000000001, na_right=97.25, left_head_x=300.125, left_head_y=210.5, right_head_x=120.0,
-    right_head_y=212.75, left_rim_x=330.3333333333333, left_rim_y=180.0, right_rim_x=90.1, right_rim_y=181.0,
-    left_radius=24.5, right_radius=25.0, class_left="small", class_right="small", grade_left="C",
-    grade_right="D", synthetic=True, generator="phantom", model_version="0.1.0", seed=2**40 + 7,
+    file_name="syn_0001.dcm",
+    text="VD hip-extended radiograph of a dog, NA left 101.3, right 97.25 °",
+    na_left=101.30000000000001,
+    na_right=97.25,
+    left_head_x=300.125,
+    left_head_y=210.5,
+    right_head_x=120.0,
+    right_head_y=212.75,
+    left_rim_x=330.3333333333333,
+    left_rim_y=180.0,
+    right_rim_x=90.1,
+    right_rim_y=181.0,
+    left_radius=24.5,
+    right_radius=25.0,
+    class_left="small",
+    class_right="small",
+    grade_left="C",
+    grade_right="D",
+    synthetic=True,
+    generator="phantom",
+    model_version="0.1.0",
+    seed=2**40 + 7,
 )
 
 
@@ -193,8 +235,17 @@ def test_synthetic_round_trip(tmp_path: Path, bits: int) -> None:
     pixels = rng.random((37, 53))
     pixels[0, 0], pixels[0, 1] = 0.0, 1.0
     path = tmp_path / "out" / "syn.dcm"
-    write_synthetic_dicom(path, pixels, record=RECORD, generator="phantom", model_version="0.1.0",
-                          seed=RECORD.seed, pixel_spacing_mm=(0.139, 0.141), bits=bits)
+    write_synthetic_dicom(
+        path,
+        pixels,
+        record=RECORD,
+        generator="phantom",
+        model_version="0.1.0",
+        seed=RECORD.seed,
+        pixel_spacing_mm=(0.139, 0.141),
+        bits=bits,
+        burned_in=False,
+    )
     assert [p.name for p in path.parent.iterdir()] == ["syn.dcm"]  # no temp file left behind
     rad = read_dicom(path)
     step = 1 / (2**bits - 1)
@@ -203,12 +254,27 @@ def test_synthetic_round_trip(tmp_path: Path, bits: int) -> None:
     assert rad.metadata["ImageType"] == ["DERIVED", "SECONDARY"]
     assert rad.metadata["synthetic"] is True
     assert (rad.metadata["generator"], rad.metadata["model_version"], rad.metadata["seed"]) == (
-        "phantom", "0.1.0", RECORD.seed)
+        "phantom",
+        "0.1.0",
+        RECORD.seed,
+    )
     assert read_synthetic_labels(path) == RECORD
     ds = pydicom.dcmread(path)
     assert ds.PatientName == "SYNTHETIC^PHANTOM" and ds.PatientID == "SYNTHETIC"
     assert ds.ImageComments.startswith("SYNTHETIC") and ds.ConversionType == "SYN"
     assert ds.BurnedInAnnotation == "NO" and ds.Manufacturer == "hipgen"
+    unknown = tmp_path / "unknown.dcm"  # burned-in text not known (e.g. a converted image): left out
+    write_synthetic_dicom(
+        unknown,
+        pixels,
+        record=RECORD,
+        generator="x",
+        model_version="1",
+        seed=None,
+        pixel_spacing_mm=None,
+        bits=bits,
+    )
+    assert "BurnedInAnnotation" not in pydicom.dcmread(unknown)
     assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
     summary = dicom_summary(path)
     assert summary["synthetic"] is True and summary["readable"] and summary["has_labels"]
@@ -216,8 +282,15 @@ def test_synthetic_round_trip(tmp_path: Path, bits: int) -> None:
 
 def test_synthetic_without_labels(tmp_path: Path) -> None:
     path = tmp_path / "plain.dcm"
-    write_synthetic_dicom(path, np.zeros((4, 5)), record=None, generator="g", model_version="v", seed=None,
-                          pixel_spacing_mm=None)
+    write_synthetic_dicom(
+        path,
+        np.zeros((4, 5)),
+        record=None,
+        generator="g",
+        model_version="v",
+        seed=None,
+        pixel_spacing_mm=None,
+    )
     assert read_synthetic_labels(path) is None
     assert read_dicom(path).pixel_spacing_mm is None
     assert read_synthetic_labels(TEST_FILES / "CT_small.dcm") is None
@@ -225,8 +298,15 @@ def test_synthetic_without_labels(tmp_path: Path) -> None:
 
 def test_synthetic_refuses_bad_pixels(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
-        write_synthetic_dicom(tmp_path / "x.dcm", np.full((2, 2), np.nan), record=None, generator="g",
-                              model_version="v", seed=0, pixel_spacing_mm=None)
+        write_synthetic_dicom(
+            tmp_path / "x.dcm",
+            np.full((2, 2), np.nan),
+            record=None,
+            generator="g",
+            model_version="v",
+            seed=0,
+            pixel_spacing_mm=None,
+        )
 
 
 # --- de-identification -------------------------------------------------------------------------------
@@ -250,8 +330,18 @@ def test_deidentify_removes_identifiers_and_remaps_uids() -> None:
     out = deidentify(ds, salt="s1")
     assert ds.PatientName == "Rex^Good Boy"  # input untouched
     text = str(out)
-    for secret in ("Rex", "PID-12345", "ACC-999", "Vet Hospital", "Smith", "Owner", "Doe", "private secret",
-                   "20240102", "20200304"):
+    for secret in (
+        "Rex",
+        "PID-12345",
+        "ACC-999",
+        "Vet Hospital",
+        "Smith",
+        "Owner",
+        "Doe",
+        "private secret",
+        "20240102",
+        "20200304",
+    ):
         assert secret not in text, secret
     assert out.PatientName == "" and out.StudyDate == "" and "ImageComments" not in out
     assert out.PatientID.startswith("ANON-")
@@ -285,14 +375,22 @@ def test_deidentify_file_keeps_pixels(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_dicom(dst).pixels, read_dicom(src).pixels)
     # compressed pixel data are copied as they are
     deidentify_file(TEST_FILES / "MR_small_jp2klossless.dcm", tmp_path / "j2k.dcm", salt="k")
-    np.testing.assert_array_equal(read_dicom(tmp_path / "j2k.dcm").pixels,
-                                  read_dicom(TEST_FILES / "MR_small.dcm").pixels)
+    np.testing.assert_array_equal(
+        read_dicom(tmp_path / "j2k.dcm").pixels, read_dicom(TEST_FILES / "MR_small.dcm").pixels
+    )
 
 
 # --- bad input -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("name", "cut"), [
-    ("MR_small.dcm", 200), ("MR_small.dcm", 3000), ("CT_small.dcm", 3000), ("CT_small.dcm", 1500),
-    ("MR_small.dcm", -200)])
+@pytest.mark.parametrize(
+    ("name", "cut"),
+    [
+        ("MR_small.dcm", 200),
+        ("MR_small.dcm", 3000),
+        ("CT_small.dcm", 3000),
+        ("CT_small.dcm", 1500),
+        ("MR_small.dcm", -200),
+    ],
+)
 def test_truncated_file(tmp_path: Path, name: str, cut: int) -> None:
     data = (TEST_FILES / name).read_bytes()
     path = tmp_path / "cut.dcm"
@@ -310,15 +408,19 @@ def test_random_bytes(tmp_path: Path) -> None:
     _assert_one_line_naming(ei.value, path)
 
 
-@pytest.mark.parametrize(("path", "err", "words"), [
-    (TEST_FILES / "MR_small.dcm", ImageTooLargeError, "cap"),
-    (EXTRA_DATA / "emri_small.dcm", UnsupportedImageError, "multi-frame"),
-    (EXTRA_DATA / "SC_rgb.dcm", UnsupportedImageError, "colour"),
-    (EXTRA_DATA / "OBXXXX1A.dcm", UnsupportedImageError, "PALETTE COLOR"),
-    (TEST_FILES / "rtplan.dcm", UnsupportedImageError, "no pixel data"),
-    (TEST_FILES / "test-SR.dcm", UnsupportedImageError, "no pixel data"),
-    (TEST_FILES / "dicomdirtests" / "DICOMDIR", UnsupportedImageError, "DICOMDIR"),
-], ids=lambda v: getattr(v, "name", getattr(v, "__name__", str(v))))
+@pytest.mark.parametrize(
+    ("path", "err", "words"),
+    [
+        (TEST_FILES / "MR_small.dcm", ImageTooLargeError, "cap"),
+        (EXTRA_DATA / "emri_small.dcm", UnsupportedImageError, "multi-frame"),
+        (EXTRA_DATA / "SC_rgb.dcm", UnsupportedImageError, "colour"),
+        (EXTRA_DATA / "OBXXXX1A.dcm", UnsupportedImageError, "PALETTE COLOR"),
+        (TEST_FILES / "rtplan.dcm", UnsupportedImageError, "no pixel data"),
+        (TEST_FILES / "test-SR.dcm", UnsupportedImageError, "no pixel data"),
+        (TEST_FILES / "dicomdirtests" / "DICOMDIR", UnsupportedImageError, "DICOMDIR"),
+    ],
+    ids=lambda v: getattr(v, "name", getattr(v, "__name__", str(v))),
+)
 def test_refusals(path: Path, err: type[InputError], words: str) -> None:
     with pytest.raises(err, match=words) as ei:
         read_dicom(path, pixel_cap=1000)  # MR_small is 64 x 64 = 4096 pixels
@@ -363,8 +465,17 @@ def test_summary_is_non_identifying() -> None:
     assert not rgb["readable"] and "colour" in rgb["refusal"]
 
 
-@pytest.mark.parametrize("name", ["MR_small.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm",
-                                  "MR_small_jpeg_ls_lossless.dcm", "JPGExtended.dcm", "image_dfl.dcm"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MR_small.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "JPGExtended.dcm",
+        "image_dfl.dcm",
+    ],
+)
 def test_damaged_bytes_only_ever_raise_input_errors(name: str) -> None:
     """A few hundred random byte flips and cuts: decoders and the parser must never leak their own
     exceptions (pylibjpeg-rle even panics on some corrupt RLE streams)."""

@@ -30,22 +30,32 @@ from hipgen.data.record import LABEL_COLUMNS, LabelRecord
 from hipgen.errors import CorruptFileError, InputError, LabelError, UnsupportedImageError
 
 
-def hips(na_left: float, na_right: float, *, cx: float = 32.0, cy: float = 32.0, sep: float = 30.0,
-         radius: float | None = None) -> anatomy.HipKeypoints:
+def hips(
+    na_left: float,
+    na_right: float,
+    *,
+    cx: float = 32.0,
+    cy: float = 32.0,
+    sep: float = 30.0,
+    radius: float | None = None,
+) -> anatomy.HipKeypoints:
     """Heads ``sep`` apart (patient's left on image right), rims at 1.1× radius, cranial and lateral."""
     r = radius if radius is not None else 0.22 * sep
     lh, rh = (cx + sep / 2, cy), (cx - sep / 2, cy)
     a, b = math.radians(na_left), math.radians(na_right)
     return anatomy.HipKeypoints(
-        left_head=lh, right_head=rh,
+        left_head=lh,
+        right_head=rh,
         left_rim=(lh[0] - 1.1 * r * math.cos(a), lh[1] - 1.1 * r * math.sin(a)),
         right_rim=(rh[0] + 1.1 * r * math.cos(b), rh[1] - 1.1 * r * math.sin(b)),
-        left_radius=r, right_radius=r,
+        left_radius=r,
+        right_radius=r,
     )
 
 
-def sample(i: int, na: tuple[float, float], *, synthetic: bool | None = True, size: int = 64
-           ) -> tuple[LabelRecord, np.ndarray, np.ndarray]:
+def sample(
+    i: int, na: tuple[float, float], *, synthetic: bool | None = True, size: int = 64
+) -> tuple[LabelRecord, np.ndarray, np.ndarray]:
     prov = {"generator": "phantom", "model_version": "1.2", "seed": i} if synthetic else {}
     rec = LabelRecord.from_keypoints(f"img_{i:03d}.png", hips(*na), synthetic=synthetic, **prov)
     p16 = np.random.default_rng(i).integers(0, 65536, (size, size), dtype=np.uint16)
@@ -58,19 +68,37 @@ NAS = [(112.0, 108.0), (95.0, 110.5), (104.9, 120.0), (130.0, 88.0), (106.0, 106
 _text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20)
 _float = st.floats(allow_nan=False, allow_infinity=False)
 records = st.builds(
-    LabelRecord, file_name=_text, text=_text, na_left=_float, na_right=_float,
-    left_head_x=_float, left_head_y=_float, right_head_x=_float, right_head_y=_float,
-    left_rim_x=_float, left_rim_y=_float, right_rim_x=_float, right_rim_y=_float,
-    left_radius=_float, right_radius=_float, class_left=_text, class_right=_text,
-    grade_left=_text, grade_right=_text, synthetic=st.none() | st.booleans(),
-    generator=st.none() | _text, model_version=st.none() | _text, seed=st.none() | st.integers(),
+    LabelRecord,
+    file_name=_text,
+    text=_text,
+    na_left=_float,
+    na_right=_float,
+    left_head_x=_float,
+    left_head_y=_float,
+    right_head_x=_float,
+    right_head_y=_float,
+    left_rim_x=_float,
+    left_rim_y=_float,
+    right_rim_x=_float,
+    right_rim_y=_float,
+    left_radius=_float,
+    right_radius=_float,
+    class_left=_text,
+    class_right=_text,
+    grade_left=_text,
+    grade_right=_text,
+    synthetic=st.none() | st.booleans(),
+    generator=st.none() | _text,
+    model_version=st.none() | _text,
+    seed=st.none() | st.integers(),
 )
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(recs=st.lists(records, min_size=1, max_size=4))
-def test_any_record_round_trips_through_json_csv_and_manifest_entries(tmp_path: Path,
-                                                                      recs: list[LabelRecord]) -> None:
+def test_any_record_round_trips_through_json_csv_and_manifest_entries(
+    tmp_path: Path, recs: list[LabelRecord]
+) -> None:
     kpio.write_labels_json(tmp_path / "l.json", recs)
     assert kpio.read_labels_json(tmp_path / "l.json") == recs
     (tmp_path / "one.json").write_text(json.dumps(recs[0].to_dict()))
@@ -82,8 +110,13 @@ def test_any_record_round_trips_through_json_csv_and_manifest_entries(tmp_path: 
 
 
 keypoints = st.builds(
-    hips, na_left=st.floats(60, 135), na_right=st.floats(60, 135), cx=st.floats(-1e3, 1e3),
-    cy=st.floats(-1e3, 1e3), sep=st.floats(80, 120), radius=st.floats(10, 30),
+    hips,
+    na_left=st.floats(60, 135),
+    na_right=st.floats(60, 135),
+    cx=st.floats(-1e3, 1e3),
+    cy=st.floats(-1e3, 1e3),
+    sep=st.floats(80, 120),
+    radius=st.floats(10, 30),
 )
 
 
@@ -191,8 +224,13 @@ def test_imagefolder_layout_and_synthetic_png_chunks(tmp_path: Path) -> None:
 
 def test_classfolders_file_by_worst_side(tmp_path: Path) -> None:
     stored = _write("classfolders", tmp_path / "ds")
-    want = ["Big/img_000.png", "Small/img_001.png", "Small/img_002.png", "Small/img_003.png",
-            "Big/img_004.png"]
+    want = [
+        "Big/img_000.png",
+        "Small/img_001.png",
+        "Small/img_002.png",
+        "Small/img_003.png",
+        "Big/img_004.png",
+    ]
     assert [r.file_name for r in stored] == want
     assert all((tmp_path / "ds" / f).is_file() for f in want)
     assert [r.file_name for r in kpio.read_labels_csv(tmp_path / "ds" / "metadata.csv")] == want
@@ -214,8 +252,14 @@ def test_webdataset_shards_by_count_and_split(tmp_path: Path) -> None:
     assert names == ["hips-test-000000.tar", "hips-train-000000.tar", "hips-train-000001.tar"]
     with tarfile.open(tmp_path / "ds" / "hips-train-000000.tar") as t:
         members = t.getnames()
-        assert members == ["img_000.json", "img_000.png", "img_000.txt", "img_001.json", "img_001.png",
-                           "img_001.txt"]
+        assert members == [
+            "img_000.json",
+            "img_000.png",
+            "img_000.txt",
+            "img_001.json",
+            "img_001.png",
+            "img_001.txt",
+        ]
         assert t.extractfile("img_000.txt").read().decode() == sample(0, NAS[0])[0].text  # type: ignore[union-attr]
     assert [len(e.samples) for e in read_manifest(tmp_path / "ds").files] == [2, 1, 2]
 
@@ -246,8 +290,15 @@ def test_dicom_folder_file_without_labels(tmp_path: Path) -> None:
     from hipgen.data.dicom import write_synthetic_dicom  # fails loudly if the module is missing
 
     _write("dicom", tmp_path / "ds", n=2)
-    write_synthetic_dicom(tmp_path / "ds" / "nolabel.dcm", np.zeros((8, 8)), record=None, generator="g",
-                          model_version="1", seed=None, pixel_spacing_mm=None)
+    write_synthetic_dicom(
+        tmp_path / "ds" / "nolabel.dcm",
+        np.zeros((8, 8)),
+        record=None,
+        generator="g",
+        model_version="1",
+        seed=None,
+        pixel_spacing_mm=None,
+    )
     (tmp_path / "ds" / "junk.dcm").write_bytes(b"\0" * 10)
     (tmp_path / "ds" / "notes.txt").write_text("hello")
     with pytest.raises(InputError, match="junk.dcm"):
@@ -300,9 +351,10 @@ def _broken_imagefolder(root: Path) -> None:
     (root / "stray.png").write_bytes(encode_png(np.zeros((4, 4))))
 
 
-@pytest.mark.parametrize("name, err", [("img_001.png", CorruptFileError),
-                                       ("img_002.png", UnsupportedImageError),
-                                       ("img_003.png", LabelError)])
+@pytest.mark.parametrize(
+    "name, err",
+    [("img_001.png", CorruptFileError), ("img_002.png", UnsupportedImageError), ("img_003.png", LabelError)],
+)
 def test_imagefolder_bad_files_raise_naming_the_file(tmp_path: Path, name: str, err: type) -> None:
     _broken_imagefolder(tmp_path / "ds")
     for other in {"img_001.png", "img_002.png", "img_003.png"} - {name}:
@@ -317,8 +369,10 @@ def test_imagefolder_skip_reports_every_bad_file(tmp_path: Path) -> None:
     reader = iter_dataset(tmp_path / "ds", on_error="skip")
     assert [r.file_name for r, _ in reader] == ["img_000.png", "img_004.png"]
     assert [(Path(s.source).name, s.error) for s in reader.report.skipped] == [
-        ("img_001.png", "CorruptFileError"), ("img_002.png", "UnsupportedImageError"),
-        ("img_003.png", "LabelError")]
+        ("img_001.png", "CorruptFileError"),
+        ("img_002.png", "UnsupportedImageError"),
+        ("img_003.png", "LabelError"),
+    ]
     assert "missing file" in reader.report.skipped[2].reason
     assert any("stray.png" in w for w in reader.report.warnings)
     assert not verify_manifest(tmp_path / "ds").ok
@@ -343,7 +397,7 @@ def test_metadata_missing_columns_and_bad_rows(tmp_path: Path) -> None:
 
 def test_json_labels_bad_input(tmp_path: Path) -> None:
     p = tmp_path / "l.json"
-    p.write_text("[1, {\"file_name\": \"a\"}]")
+    p.write_text('[1, {"file_name": "a"}]')
     with pytest.raises(LabelError, match=r"l.json\[0\]"):
         kpio.read_labels_json(p)
     p.write_text("{")

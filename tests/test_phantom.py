@@ -168,3 +168,133 @@ def test_spec_validation_and_round_trip():
         sample_spec("gaussian", np.random.default_rng(0))
     s = sample_spec("uniform", np.random.default_rng(1), na_range=(80, 90))
     assert 80 <= s.na_left <= 90 and 80 <= s.na_right <= 90
+
+
+def _sample(img: np.ndarray, p) -> float:
+    """Bilinear value at a sub-pixel point."""
+    x, y = p
+    x0, y0 = int(np.floor(x)), int(np.floor(y))
+    fx, fy = x - x0, y - y0
+    a = img[y0 : y0 + 2, x0 : x0 + 2]
+    return float(
+        a[0, 0] * (1 - fx) * (1 - fy) + a[0, 1] * fx * (1 - fy) + a[1, 0] * (1 - fx) * fy + a[1, 1] * fx * fy
+    )
+
+
+TIDY = dict(width=512, height=512, inter_head_fraction=0.45, center_y=0.45, marker="", burned_text=0)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("na", [90.0, 105.0, 120.0, 130.0])
+def test_head_outline_is_drawn_at_the_labelled_radius(side, na):
+    """Along a ray from the labelled head centre that leaves the head laterally (clear of acetabulum,
+    neck and trochanter), bone ends where the labelled radius says: the steepest drop lies at r ± 1 px."""
+    from hipgen.phantom.render import bone_map
+
+    bone, kp = bone_map(PhantomSpec(na_left=na, na_right=na, **TIDY))
+    h, r = getattr(kp, f"{side}_head"), getattr(kp, f"{side}_radius")
+    other = kp.right_head if side == "left" else kp.left_head
+    m = np.subtract(other, h) / math.dist(h, other)
+    lateral, cranial = -m, np.array([0.0, -1.0])
+    ray = np.cos(math.radians(10)) * lateral + np.sin(math.radians(10)) * cranial
+    ts = np.arange(0.7 * r, 1.3 * r, 0.1)
+    prof = np.array([_sample(bone, np.add(h, t * ray)) for t in ts])
+    edge = ts[np.argmin(np.diff(prof))] + 0.05
+    assert abs(edge - r) <= 1.0, (edge, r)
+    assert _sample(bone, np.add(h, 1.3 * r * ray)) < 0.05 * prof.max()
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("na", [90.0, 105.0, 120.0, 130.0])
+def test_acetabular_margin_ends_at_the_labelled_rim(side, na):
+    """The acetabulum is drawn up to the rim point and not beyond it: bone at the rim and along the
+    margin medial of it, none a little further round laterally."""
+    from hipgen.phantom import render
+
+    spec = PhantomSpec(na_left=na, na_right=na, **TIDY)
+    f, kp = render.place_keypoints(spec)
+    acet = np.zeros(spec.upright_size, np.float32)
+    render._acetabulum(acet, f, kp, 1 if side == "left" else -1)
+    h, rim, r = getattr(kp, f"{side}_head"), getattr(kp, f"{side}_rim"), getattr(kp, f"{side}_radius")
+    other = kp.right_head if side == "left" else kp.left_head
+    m = np.subtract(other, h) / math.dist(h, other)
+    cranial = np.array([0.0, -1.0])
+    rho = math.dist(h, rim)
+
+    def on_arc(phi_deg: float) -> np.ndarray:
+        p = math.radians(phi_deg)
+        return np.asarray(h) + rho * (math.cos(p) * m + math.sin(p) * cranial)
+
+    peak = acet.max()
+    assert _sample(acet, rim) > 0.15 * peak  # the rim point itself is bone (where margin and rim meet)
+    assert _sample(acet, on_arc(na - 20)) > 0.1 * peak  # the margin runs medially from it
+    beyond = np.asarray(rim) + 0.3 * r * (on_arc(na + 1) - np.asarray(rim)) / np.linalg.norm(
+        on_arc(na + 1) - rim
+    )
+    assert _sample(acet, beyond) < 0.02 * peak  # and stops there
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(contrast=0.0),
+        dict(gamma=-1.0),
+        dict(scatter=-0.1),
+        dict(center_x=float("nan")),
+        dict(rotation_deg=float("inf")),
+        dict(center_x=5.0),
+        dict(width=32),
+        dict(burned_text=99),
+    ],
+)
+def test_spec_refuses_values_the_renderer_cannot_honour(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        PhantomSpec(**bad)
+
+
+def test_sampled_labels_are_never_hidden_by_collimation_or_framing():
+    from hipgen.phantom.spec import labels_visible
+
+    rng = np.random.default_rng(5)
+    specs = [sample_spec("uniform", rng) for _ in range(2000)]
+    assert all(labels_visible(s) for s in specs)
+    assert sum(any(s.collimation) for s in specs) > 1000  # collimation stays common
+    hidden = replace(
+        specs[0],
+        orientation=0,
+        width=512,
+        height=512,
+        collimation=(0.0, 0.0, 0.4, 0.0),
+        center_x=0.5,
+        inter_head_fraction=0.5,
+    )
+    assert not labels_visible(hidden)  # the check itself can say no
+
+
+def test_whole_pelvis_framing_shows_lumbar_spine_to_stifles():
+    """Default framing fits the caudal lumbar spine (v = -1.4) to the stifles (v = +2.3) when the image
+    is tall enough for it."""
+    from hipgen.phantom.spec import WHOLE_VIEW_V
+
+    rng = np.random.default_rng(2)
+    fits = 0
+    for _ in range(300):
+        s = sample_spec("uniform", rng)
+        h, w = s.upright_size
+        visible = h / (s.inter_head_fraction * w)
+        if visible >= WHOLE_VIEW_V[1] - WHOLE_VIEW_V[0] + 0.3:
+            top = -s.center_y * visible
+            fits += top <= WHOLE_VIEW_V[0] + 0.2 and top + visible >= WHOLE_VIEW_V[1] - 0.2
+        else:
+            fits += 1
+    assert fits >= 290
+
+
+def test_an_image_seed_reproduces_spec_and_pixels():
+    from hipgen.phantom.spec import image_seed, spec_for_seed
+
+    s = image_seed(7, 3)
+    assert s != image_seed(8, 2) and s == image_seed(7, 3)
+    a = render_phantom(spec_for_seed("uniform", s, image_size=128), seed=s)
+    b = render_phantom(spec_for_seed("uniform", s, image_size=128), seed=s)
+    assert np.array_equal(a.pixels, b.pixels) and a.record().seed == s

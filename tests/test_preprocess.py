@@ -23,8 +23,14 @@ def record(w: int, h: int, na: tuple[float, float] = (110.0, 96.0)) -> LabelReco
     r = 0.22 * sep
     a, b = (math.radians(v) for v in na)
     lh, rh = (cx + sep / 2, cy), (cx - sep / 2, cy)
-    kp = anatomy.HipKeypoints(lh, rh, (lh[0] - 1.1 * r * math.cos(a), lh[1] - 1.1 * r * math.sin(a)),
-                              (rh[0] + 1.1 * r * math.cos(b), rh[1] - 1.1 * r * math.sin(b)), r, r)
+    kp = anatomy.HipKeypoints(
+        lh,
+        rh,
+        (lh[0] - 1.1 * r * math.cos(a), lh[1] - 1.1 * r * math.sin(a)),
+        (rh[0] + 1.1 * r * math.cos(b), rh[1] - 1.1 * r * math.sin(b)),
+        r,
+        r,
+    )
     return LabelRecord.from_keypoints("x.png", kp, synthetic=True, generator="g", seed=3)
 
 
@@ -35,7 +41,7 @@ def dot(h: int, w: int, p: tuple[float, float], sigma: float = 1.5) -> np.ndarra
 
 def centroid(a: np.ndarray) -> tuple[float, float]:
     a = np.clip(a - 0.05 * a.max(), 0, None).astype(np.float64)  # ignore interpolation ripple
-    yy, xx = np.mgrid[0:a.shape[0], 0:a.shape[1]]
+    yy, xx = np.mgrid[0 : a.shape[0], 0 : a.shape[1]]
     return float((xx * a).sum() / a.sum()), float((yy * a).sum() / a.sum())
 
 
@@ -70,7 +76,8 @@ def test_similarity_transforms_keep_angles_and_scale_radii(name: str) -> None:
     assert moved.na_left == pytest.approx(rec.na_left, abs=1e-9)
     assert moved.na_right == pytest.approx(rec.na_right, abs=1e-9)
     scale = math.dist(moved.keypoints().left_head, moved.keypoints().right_head) / math.dist(
-        rec.keypoints().left_head, rec.keypoints().right_head)
+        rec.keypoints().left_head, rec.keypoints().right_head
+    )
     assert moved.left_radius == pytest.approx(rec.left_radius * scale)
     assert (moved.text, moved.synthetic, moved.generator, moved.seed) == (rec.text, True, "g", 3)
 
@@ -128,8 +135,9 @@ def test_normalize_methods() -> None:
 
 
 def test_description_is_json_and_rebuilds_the_pipeline() -> None:
-    pipe = Preprocessing([ToSquare("pad", 0.1), Resize(32), Clahe(3.0, (2, 4)),
-                          Normalize("percentile", 2, 98)])
+    pipe = Preprocessing(
+        [ToSquare("pad", 0.1), Resize(32), Clahe(3.0, (2, 4)), Normalize("percentile", 2, 98)]
+    )
     desc = json.loads(json.dumps(pipe.describe()))
     assert [s["step"] for s in desc["steps"]] == ["ToSquare", "Resize", "Clahe", "Normalize"]
     again = Preprocessing.from_description(desc)

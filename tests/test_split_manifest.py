@@ -23,8 +23,14 @@ from hipgen.errors import CorruptFileError, InputError
 def rec(i: int, na_left: float, na_right: float) -> LabelRecord:
     lh, rh = (60.0, 50.0), (10.0, 50.0)
     a, b = math.radians(na_left), math.radians(na_right)
-    kp = anatomy.HipKeypoints(lh, rh, (lh[0] - 12 * math.cos(a), lh[1] - 12 * math.sin(a)),
-                              (rh[0] + 12 * math.cos(b), rh[1] - 12 * math.sin(b)), 11.0, 11.0)
+    kp = anatomy.HipKeypoints(
+        lh,
+        rh,
+        (lh[0] - 12 * math.cos(a), lh[1] - 12 * math.sin(a)),
+        (rh[0] + 12 * math.cos(b), rh[1] - 12 * math.sin(b)),
+        11.0,
+        11.0,
+    )
     return LabelRecord.from_keypoints(f"img_{i:04d}.png", kp)
 
 
@@ -51,11 +57,16 @@ def test_deterministic_order_independent_and_seed_dependent() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(n=st.integers(0, 120), seed=st.integers(0, 2**32), data_seed=st.integers(0, 1000),
-       ratio=st.sampled_from([PUBLISHED_RATIO, (8, 1, 1), (1, 1, 1), (1, 0, 1), (3, 1, 0)]),
-       bins=st.sampled_from([None, (90.0, 100.0, 110.0)]))
-def test_exact_totals_and_strata_within_one(n: int, seed: int, data_seed: int, ratio: tuple[int, ...],
-                                            bins: tuple[float, ...] | None) -> None:
+@given(
+    n=st.integers(0, 120),
+    seed=st.integers(0, 2**32),
+    data_seed=st.integers(0, 1000),
+    ratio=st.sampled_from([PUBLISHED_RATIO, (8, 1, 1), (1, 1, 1), (1, 0, 1), (3, 1, 0)]),
+    bins=st.sampled_from([None, (90.0, 100.0, 110.0)]),
+)
+def test_exact_totals_and_strata_within_one(
+    n: int, seed: int, data_seed: int, ratio: tuple[int, ...], bins: tuple[float, ...] | None
+) -> None:
     recs = population(n, data_seed)
     s = split_records(recs, ratio=ratio, seed=seed, na_bins=bins)
     totals = s.counts
@@ -94,8 +105,9 @@ def test_tiny_sets() -> None:
 def _dataset(root: Path) -> list[LabelRecord]:
     recs = population(4)
     s = split_records(recs, ratio=(2, 1, 1), seed=0)
-    with open_writer("imagefolder", root, provenance={"generator": "phantom", "seed": 5},
-                     preprocessing={"steps": []}) as w:
+    with open_writer(
+        "imagefolder", root, provenance={"generator": "phantom", "seed": 5}, preprocessing={"steps": []}
+    ) as w:
         for r, split in zip(recs, s.assignment, strict=True):
             w.add(r, np.full((8, 8), 0.5, np.float32), split=split)
     return recs

@@ -11,12 +11,19 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "LabelRecord": "record", "LABEL_COLUMNS": "record",
-    "Radiograph": "images", "read_image": "images",
-    "FORMATS": "datasets", "open_writer": "datasets", "iter_dataset": "datasets", "detect_format": "datasets",
+    "LabelRecord": "record",
+    "LABEL_COLUMNS": "record",
+    "Radiograph": "images",
+    "read_image": "images",
+    "FORMATS": "datasets",
+    "open_writer": "datasets",
+    "iter_dataset": "datasets",
+    "detect_format": "datasets",
     "Preprocessing": "preprocess",
     "split_records": "split",
-    "Manifest": "manifest", "ReadReport": "manifest", "read_manifest": "manifest",
+    "Manifest": "manifest",
+    "ReadReport": "manifest",
+    "read_manifest": "manifest",
     "verify_manifest": "manifest",
 }
 __all__ = sorted(_EXPORTS)

@@ -22,8 +22,9 @@ def class_folder(record: LabelRecord, threshold: float = anatomy.DEFAULT_THRESHO
 class ClassFolderWriter(ImageFolderWriter):
     format = "classfolders"
 
-    def __init__(self, root: Path | str, *, bits: int = 8,
-                 threshold: float = anatomy.DEFAULT_THRESHOLD_DEG) -> None:
+    def __init__(
+        self, root: Path | str, *, bits: int = 8, threshold: float = anatomy.DEFAULT_THRESHOLD_DEG
+    ) -> None:
         super().__init__(root, bits=bits)
         self.threshold = threshold
 
@@ -35,9 +36,13 @@ class ClassFolderWriter(ImageFolderWriter):
         return f"{class_folder(record, self.threshold)}/{name}"
 
 
-def iter_classfolders(root: Path | str, *, on_error: OnError = "raise", report: ReadReport | None = None,
-                      threshold: float = anatomy.DEFAULT_THRESHOLD_DEG
-                      ) -> Iterator[tuple[LabelRecord, Radiograph]]:
+def iter_classfolders(
+    root: Path | str,
+    *,
+    on_error: OnError = "raise",
+    report: ReadReport | None = None,
+    threshold: float = anatomy.DEFAULT_THRESHOLD_DEG,
+) -> Iterator[tuple[LabelRecord, Radiograph]]:
     """As :func:`iter_imagefolder`; an image filed under the other class than its labels say is reported
     (the labels win)."""
     report = report if report is not None else ReadReport()

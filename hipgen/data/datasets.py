@@ -38,6 +38,7 @@ from hipgen.data.manifest import (
     entry_for,
     read_manifest,
     safe_relpath,
+    sidecar_paths,
     store,
     write_manifest,
 )
@@ -57,8 +58,14 @@ class FormatWriter(Protocol):
     format: str
     entries: list[FileEntry]
 
-    def add(self, record: LabelRecord, pixels: np.ndarray, pixels16: np.ndarray | None = None,
-            *, split: str | None = None) -> LabelRecord: ...
+    def add(
+        self,
+        record: LabelRecord,
+        pixels: np.ndarray,
+        pixels16: np.ndarray | None = None,
+        *,
+        split: str | None = None,
+    ) -> LabelRecord: ...
 
     def close(self) -> None: ...
 
@@ -70,29 +77,52 @@ class DicomFolderWriter:
 
     format = "dicom"
 
-    def __init__(self, root: Path | str, *, bits: int = 16, generator: str = "hipgen",
-                 model_version: str = __version__,
-                 pixel_spacing_mm: tuple[float, float] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        bits: int = 16,
+        generator: str = "hipgen",
+        model_version: str = __version__,
+        pixel_spacing_mm: tuple[float, float] | None = None,
+    ) -> None:
         self.root, self.bits = Path(root), bits
         self.generator, self.model_version, self.pixel_spacing_mm = generator, model_version, pixel_spacing_mm
         self.entries: list[FileEntry] = []
 
-    def add(self, record: LabelRecord, pixels: np.ndarray, pixels16: np.ndarray | None = None,
-            *, split: str | None = None, pixel_spacing_mm: tuple[float, float] | None = None) -> LabelRecord:
+    def add(
+        self,
+        record: LabelRecord,
+        pixels: np.ndarray,
+        pixels16: np.ndarray | None = None,
+        *,
+        split: str | None = None,
+        pixel_spacing_mm: tuple[float, float] | None = None,
+        burned_in: bool | None = None,
+    ) -> LabelRecord:
         from hipgen.data.dicom import write_synthetic_dicom
 
         if record.synthetic is False:
-            raise ValueError(f"{record.file_name}: the DICOM writer writes synthetic images only; "
-                             "this record says the image is real")
+            raise ValueError(
+                f"{record.file_name}: the DICOM writer writes synthetic images only; "
+                "this record says the image is real"
+            )
         check_pixels(pixels, pixels16)
         rel = stored_name(record.file_name, ".dcm")
         if any(e.path == rel for e in self.entries):
             raise ValueError(f"duplicate file name {rel!r} in one dataset")
         rec = replace(record, file_name=rel)
-        write_synthetic_dicom(self.root / rel, exact_pixels(pixels, pixels16), record=rec,
-                              generator=rec.generator or self.generator,
-                              model_version=rec.model_version or self.model_version, seed=rec.seed,
-                              pixel_spacing_mm=pixel_spacing_mm or self.pixel_spacing_mm, bits=self.bits)
+        write_synthetic_dicom(
+            self.root / rel,
+            exact_pixels(pixels, pixels16),
+            record=rec,
+            generator=rec.generator or self.generator,
+            model_version=rec.model_version or self.model_version,
+            seed=rec.seed,
+            pixel_spacing_mm=pixel_spacing_mm or self.pixel_spacing_mm,
+            bits=self.bits,
+            burned_in=burned_in,
+        )
         self.entries.append(entry_for(self.root, rel, split=split, record=rec))
         return rec
 
@@ -100,16 +130,18 @@ class DicomFolderWriter:
         pass
 
 
-def iter_dicom_folder(root: Path | str, *, on_error: OnError = "raise",
-                      report: ReadReport | None = None) -> Iterator[tuple[LabelRecord, Radiograph]]:
+def iter_dicom_folder(
+    root: Path | str, *, on_error: OnError = "raise", report: ReadReport | None = None
+) -> Iterator[tuple[LabelRecord, Radiograph]]:
     """Every ``*.dcm`` under ``root`` with the label record it carries; a file without one is an error
     (labels unknown). ``file_name`` is the file's path relative to ``root``."""
     from hipgen.data.dicom import read_dicom, read_synthetic_labels
 
     root = Path(root)
     report = report if report is not None else ReadReport()
+    sidecars = sidecar_paths(root)
     for p in sorted(root.rglob("*")):
-        if not p.is_file() or p.name == MANIFEST_NAME:
+        if not p.is_file() or p.name == MANIFEST_NAME or p.relative_to(root).as_posix() in sidecars:
             continue
         if p.suffix.lower() not in DICOM_SUFFIXES:
             report.warnings.append(f"{p}: not a DICOM file name (.dcm); not read")
@@ -142,7 +174,9 @@ READERS: dict[str, Reader] = {
 }
 
 
-def _check_format(fmt: str, valid: tuple[str, ...]) -> None:
+def check_format(fmt: str, valid: tuple[str, ...] | None = None) -> None:
+    """ValueError naming the valid formats unless ``fmt`` is one of ``valid`` (default: the writable ones)."""
+    valid = FORMATS if valid is None else valid
     if fmt not in valid:
         raise ValueError(f"unknown dataset format {fmt!r}; valid formats: {', '.join(valid)}")
 
@@ -151,28 +185,50 @@ class DatasetWriter:
     """A format writer plus the manifest. ``preprocessing``: a :class:`Preprocessing` is applied to every
     sample (pixels and keypoints) and recorded; a mapping is only recorded (the caller applied it)."""
 
-    def __init__(self, inner: FormatWriter, root: Path, *, provenance: Mapping[str, Any] | None = None,
-                 preprocessing: Preprocessing | Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        inner: FormatWriter,
+        root: Path,
+        *,
+        provenance: Mapping[str, Any] | None = None,
+        preprocessing: Preprocessing | Mapping[str, Any] | None = None,
+    ) -> None:
         self.inner, self.root = inner, root
         self.provenance = dict(provenance or {})
         self._pre = preprocessing if isinstance(preprocessing, Preprocessing) else None
-        self.preprocessing = (preprocessing.describe() if isinstance(preprocessing, Preprocessing)
-                              else dict(preprocessing) if preprocessing is not None else None)
+        self.preprocessing = (
+            preprocessing.describe()
+            if isinstance(preprocessing, Preprocessing)
+            else dict(preprocessing)
+            if preprocessing is not None
+            else None
+        )
         self.manifest: Manifest | None = None
         self._closed = False
 
-    def add(self, record: LabelRecord, pixels: np.ndarray, pixels16: np.ndarray | None = None,
-            *, split: str | None = None, pixel_spacing_mm: tuple[float, float] | None = None) -> LabelRecord:
+    def add(
+        self,
+        record: LabelRecord,
+        pixels: np.ndarray,
+        pixels16: np.ndarray | None = None,
+        *,
+        split: str | None = None,
+        pixel_spacing_mm: tuple[float, float] | None = None,
+        burned_in: bool | None = None,
+    ) -> LabelRecord:
         """Store one sample; returns the record as stored (``file_name`` = its path in the dataset).
-        ``pixel_spacing_mm`` (row, column) is kept where the format has a place for it (DICOM)."""
+        ``pixel_spacing_mm`` (row, column) and ``burned_in`` (text drawn into the pixels) are kept where
+        the format has a place for them (DICOM)."""
         if self._closed:
             raise ValueError("writer is closed")
         if self._pre is not None:
             pixels, rec = self._pre(pixels, record)
             record, pixels16 = rec if rec is not None else record, None
             pixel_spacing_mm = None  # a resize changes it; unknown is better than wrong
-        if pixel_spacing_mm is not None and isinstance(self.inner, DicomFolderWriter):
-            return self.inner.add(record, pixels, pixels16, split=split, pixel_spacing_mm=pixel_spacing_mm)
+        if isinstance(self.inner, DicomFolderWriter):
+            return self.inner.add(
+                record, pixels, pixels16, split=split, pixel_spacing_mm=pixel_spacing_mm, burned_in=burned_in
+            )
         return self.inner.add(record, pixels, pixels16, split=split)
 
     def add_sidecar(self, rel: str, data: bytes) -> FileEntry:
@@ -189,8 +245,9 @@ class DatasetWriter:
             if self._closed:
                 raise ValueError("writer was aborted; it has no manifest")
             self.inner.close()
-            self.manifest = Manifest(self.inner.format, list(self.inner.entries), self.provenance,
-                                     self.preprocessing)
+            self.manifest = Manifest(
+                self.inner.format, list(self.inner.entries), self.provenance, self.preprocessing
+            )
             write_manifest(self.root, self.manifest)
         self._closed = True
         return self.manifest
@@ -205,20 +262,27 @@ class DatasetWriter:
     def __enter__(self) -> DatasetWriter:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None:
             self.close()
         else:
             self.abort()
 
 
-def open_writer(fmt: str, out_dir: Path | str, *, provenance: Mapping[str, Any] | None = None,
-                preprocessing: Preprocessing | Mapping[str, Any] | None = None, **opts: Any) -> DatasetWriter:
+def open_writer(
+    fmt: str,
+    out_dir: Path | str,
+    *,
+    provenance: Mapping[str, Any] | None = None,
+    preprocessing: Preprocessing | Mapping[str, Any] | None = None,
+    **opts: Any,
+) -> DatasetWriter:
     """A writer for ``fmt`` into ``out_dir`` (created; must be empty, so datasets never mix). ``opts`` go
     to the format's writer: ``bits`` (all), ``threshold`` (classfolders), ``prefix``/``maxcount``
     (webdataset), ``generator``/``model_version``/``pixel_spacing_mm`` (dicom)."""
-    _check_format(fmt, FORMATS)
+    check_format(fmt, FORMATS)
     root = Path(out_dir)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise FileExistsError(f"{root}: output folder exists and is not empty")
@@ -242,15 +306,16 @@ def detect_format(path: Path | str) -> str:
         return "dicom"
     if any(p.suffix.lower() == ".mat" for p in files):
         return "mat"
-    raise InputError(root, f"cannot tell the dataset format (no {MANIFEST_NAME}, {METADATA_NAME}, *.tar, "
-                           "*.dcm or *.mat)")
+    raise InputError(
+        root, f"cannot tell the dataset format (no {MANIFEST_NAME}, {METADATA_NAME}, *.tar, *.dcm or *.mat)"
+    )
 
 
 class DatasetReader(Iterator[tuple[LabelRecord, Radiograph]]):
     """Iterates ``(record, radiograph)``; ``report`` fills in as it goes (complete once exhausted)."""
 
     def __init__(self, path: Path | str, fmt: str, on_error: OnError) -> None:
-        _check_format(fmt, FORMATS + READ_ONLY_FORMATS)
+        check_format(fmt, FORMATS + READ_ONLY_FORMATS)
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.path, self.format, self.report = Path(path), fmt, ReadReport()

@@ -56,10 +56,25 @@ _P_SYNTHETIC, _P_GENERATOR, _P_MODEL_VERSION, _P_SEED, _P_LABELS = 0x01, 0x02, 0
 
 #: Attributes that identify nobody and are worth showing (``Radiograph.metadata``, ``hipgen inspect``).
 SAFE_KEYWORDS = (
-    "Modality", "SOPClassUID", "PhotometricInterpretation", "SamplesPerPixel", "NumberOfFrames",
-    "Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation", "BurnedInAnnotation",
-    "ImageType", "Manufacturer", "ManufacturerModelName", "ConversionType", "BodyPartExamined",
-    "ViewPosition", "PatientSpeciesDescription", "LossyImageCompression",
+    "Modality",
+    "SOPClassUID",
+    "PhotometricInterpretation",
+    "SamplesPerPixel",
+    "NumberOfFrames",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "BurnedInAnnotation",
+    "ImageType",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "ConversionType",
+    "BodyPartExamined",
+    "ViewPosition",
+    "PatientSpeciesDescription",
+    "LossyImageCompression",
 )
 _MONO = ("MONOCHROME1", "MONOCHROME2")
 
@@ -116,8 +131,9 @@ def _dcmread(src: Path | BinaryIO | str, source: str, *, stop_before_pixels: boo
                 ds = pydicom.dcmread(fp, force=True, stop_before_pixels=stop_before_pixels)
                 tags = list(ds.keys())  # tags only: iterating the data set would convert every value
                 if not any(t.group in (0x0008, 0x0010, 0x0020, 0x0028) for t in tags):
-                    raise CorruptFileError(source, "not a DICOM file (no DICM header and no readable "
-                                                   "data set)") from None
+                    raise CorruptFileError(
+                        source, "not a DICOM file (no DICM header and no readable data set)"
+                    ) from None
         eof = [str(w.message) for w in caught if "end of file" in str(w.message).lower()]
         short = eof[0].split(" in file ")[0] if eof else _truncation(ds, fp)
         if short:
@@ -137,8 +153,12 @@ def _truncation(ds: Dataset, fp: BinaryIO) -> str | None:
     last = None
     for tag in sorted(ds.keys()):
         raw = last = ds.get_item(tag)
-        if (isinstance(raw, RawDataElement) and isinstance(raw.value, bytes) and raw.length != 0xFFFFFFFF
-                and len(raw.value) < raw.length):
+        if (
+            isinstance(raw, RawDataElement)
+            and isinstance(raw.value, bytes)
+            and raw.length != 0xFFFFFFFF
+            and len(raw.value) < raw.length
+        ):
             return f"element {tag} holds {len(raw.value)} of {raw.length} bytes"
     if isinstance(last, RawDataElement) and last.value_tell is not None and last.length != 0xFFFFFFFF:
         left = fp.seek(0, io.SEEK_END) - (last.value_tell + last.length)
@@ -153,8 +173,11 @@ def _transfer_syntax(ds: Dataset) -> UID | None:
     if ts:
         return UID(str(ts))
     enc = getattr(ds, "original_encoding", (None, None))
-    return {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLittleEndian,
-            (False, False): ExplicitVRBigEndian}.get(enc)
+    return {
+        (True, True): ImplicitVRLittleEndian,
+        (False, True): ExplicitVRLittleEndian,
+        (False, False): ExplicitVRBigEndian,
+    }.get(enc)
 
 
 def _check_image(ds: Dataset, source: str, cap: int) -> None:
@@ -175,8 +198,10 @@ def _check_image(ds: Dataset, source: str, cap: int) -> None:
     spp = _int(ds, "SamplesPerPixel", source)
     pi = _text(ds.get("PhotometricInterpretation") or "MONOCHROME2")
     if spp != 1 or pi not in _MONO:
-        raise UnsupportedImageError(source, f"colour image ({pi}, {spp} samples per pixel): a radiograph "
-                                            "must be grey-scale (MONOCHROME1/2)")
+        raise UnsupportedImageError(
+            source,
+            f"colour image ({pi}, {spp} samples per pixel): a radiograph must be grey-scale (MONOCHROME1/2)",
+        )
     frames = _int(ds, "NumberOfFrames", source)
     if frames > 1:
         raise UnsupportedImageError(source, f"multi-frame image ({frames} frames); give one frame per file")
@@ -191,12 +216,14 @@ def _check_image(ds: Dataset, source: str, cap: int) -> None:
     try:
         dec = get_decoder(ts)
     except NotImplementedError:
-        raise UnsupportedImageError(source, f"transfer syntax {_text(ts.name)} has no pixel-data decoder "
-                                            "in pydicom") from None
+        raise UnsupportedImageError(
+            source, f"transfer syntax {_text(ts.name)} has no pixel-data decoder in pydicom"
+        ) from None
     if not dec.is_available:
         need = "; ".join(dec.missing_dependencies) or "a pixel-data plugin"
-        raise UnsupportedImageError(source, f"transfer syntax {_text(ts.name)} cannot be decoded here: "
-                                            f"needs {need}")
+        raise UnsupportedImageError(
+            source, f"transfer syntax {_text(ts.name)} cannot be decoded here: needs {need}"
+        )
 
 
 def _int(ds: Dataset, kw: str, source: str, default: int = 1) -> int:
@@ -275,8 +302,12 @@ def _provenance(ds: Dataset) -> dict[str, Any]:
         return {}
     out: dict[str, Any] = {}
     try:
-        for key, off in (("synthetic", _P_SYNTHETIC), ("generator", _P_GENERATOR),
-                         ("model_version", _P_MODEL_VERSION), ("seed", _P_SEED)):
+        for key, off in (
+            ("synthetic", _P_SYNTHETIC),
+            ("generator", _P_GENERATOR),
+            ("model_version", _P_MODEL_VERSION),
+            ("seed", _P_SEED),
+        ):
             if off in block and block[off].value not in (None, ""):
                 out[key] = str(block[off].value)
         if "synthetic" in out:
@@ -321,8 +352,9 @@ def _decode_failure(ds: Dataset, e: BaseException) -> str:
     return msg + (f"; a plugin not installed here may decode it: {'; '.join(missing)}" if missing else "")
 
 
-def read_dicom(src: Path | BinaryIO | str, *, source: str | None = None, pixel_cap: int | None = None
-               ) -> Radiograph:
+def read_dicom(
+    src: Path | BinaryIO | str, *, source: str | None = None, pixel_cap: int | None = None
+) -> Radiograph:
     """Decode one single-frame grey-scale DICOM image into a :class:`Radiograph` (bone bright, [0, 1])."""
     name = _source_of(src, source)
     cap = pixel_cap or max_pixels()
@@ -354,8 +386,9 @@ def read_dicom(src: Path | BinaryIO | str, *, source: str | None = None, pixel_c
             raise
         except BaseException as e:  # decoder or LUT failure on a user's file (pyo3 panics are BaseException)
             raise CorruptFileError(name, _decode_failure(ds, e)) from None
-    return Radiograph(pixels=pixels, source=name, format="dicom", bit_depth=depth,
-                      pixel_spacing_mm=spacing, metadata=meta)
+    return Radiograph(
+        pixels=pixels, source=name, format="dicom", bit_depth=depth, pixel_spacing_mm=spacing, metadata=meta
+    )
 
 
 def dicom_summary(path: Path | str) -> dict[str, Any]:
@@ -370,8 +403,15 @@ def dicom_summary(path: Path | str) -> dict[str, Any]:
                 _check_image(ds, name, max_pixels())
             except InputError as e:
                 readable, reason = False, e.reason
-            return {"file": name, "format": "dicom", **_safe_metadata(ds), "pixel_spacing_mm": _spacing(ds),
-                    "readable": readable, "refusal": reason, "has_labels": _labels_json(ds) is not None}
+            return {
+                "file": name,
+                "format": "dicom",
+                **_safe_metadata(ds),
+                "pixel_spacing_mm": _spacing(ds),
+                "readable": readable,
+                "refusal": reason,
+                "has_labels": _labels_json(ds) is not None,
+            }
     except Exception as e:
         raise CorruptFileError(name, f"DICOM header is corrupt ({_short(e)})") from None
 
@@ -387,10 +427,13 @@ def write_synthetic_dicom(
     seed: int | None,
     pixel_spacing_mm: tuple[float, float] | None,
     bits: int = 16,
+    burned_in: bool | None = None,
 ) -> None:
     """Write a Secondary Capture file that says SYNTHETIC in every place a viewer or PACS looks
     (patient name and ID, image comments, Conversion Type SYN, ImageType DERIVED\\SECONDARY, a private
-    block with provenance and the label record), atomically (DESIGN §6)."""
+    block with provenance and the label record), atomically (DESIGN §6). ``burned_in``: whether the
+    pixels carry text or drawn annotations (BurnedInAnnotation YES/NO); ``None`` (unknown, e.g. a
+    converted image) leaves the attribute out."""
     a = np.asarray(pixels)
     if a.ndim != 2 or a.size == 0 or not np.isfinite(a).all():
         raise ValueError(f"pixels must be a finite 2-D array, got shape {a.shape}")
@@ -427,9 +470,12 @@ def write_synthetic_dicom(
     ds.StudyID = ""
     ds.SeriesNumber = 1
     ds.InstanceNumber = 1
-    ds.ImageComments = (f"SYNTHETIC image generated by hipgen {__version__} with {generator} "
-                        f"{model_version}{seed_txt}; not a patient radiograph")
-    ds.BurnedInAnnotation = "NO"
+    ds.ImageComments = (
+        f"SYNTHETIC image generated by hipgen {__version__} with {generator} "
+        f"{model_version}{seed_txt}; not a patient radiograph"
+    )
+    if burned_in is not None:
+        ds.BurnedInAnnotation = "YES" if burned_in else "NO"
     ds.LossyImageCompression = "00"
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -490,53 +536,133 @@ def read_synthetic_labels(path: Path | str) -> LabelRecord | None:
 #: = REMOVED), every non-standard UID is remapped, private tags and curve/overlay groups are removed.
 DEID_ACTIONS: dict[str, str] = {
     # patient
-    "PatientName": "Z", "PatientID": "Z", "PatientBirthDate": "Z", "PatientBirthTime": "X",
-    "PatientSex": "Z", "PatientAge": "X", "PatientSize": "X", "PatientWeight": "X",
-    "PatientAddress": "X", "PatientTelephoneNumbers": "X", "PatientMotherBirthName": "X",
-    "OtherPatientIDs": "X", "OtherPatientIDsSequence": "X", "OtherPatientNames": "X",
-    "PatientBirthName": "X", "IssuerOfPatientID": "X", "MedicalRecordLocator": "X",
-    "EthnicGroup": "X", "Occupation": "X", "MilitaryRank": "X", "BranchOfService": "X",
-    "PatientComments": "X", "AdditionalPatientHistory": "X", "PatientInsurancePlanCodeSequence": "X",
-    "InsurancePlanIdentification": "X", "PatientReligiousPreference": "X", "CountryOfResidence": "X",
-    "RegionOfResidence": "X", "CurrentPatientLocation": "X", "PatientState": "X",
-    "ResponsiblePerson": "Z", "ResponsiblePersonRole": "X", "ResponsibleOrganization": "X",  # owner
-    "MedicalAlerts": "X", "Allergies": "X", "SmokingStatus": "X", "PregnancyStatus": "X",
-    "LastMenstrualDate": "X", "SpecialNeeds": "X", "PatientTransportArrangements": "X",
+    "PatientName": "Z",
+    "PatientID": "Z",
+    "PatientBirthDate": "Z",
+    "PatientBirthTime": "X",
+    "PatientSex": "Z",
+    "PatientAge": "X",
+    "PatientSize": "X",
+    "PatientWeight": "X",
+    "PatientAddress": "X",
+    "PatientTelephoneNumbers": "X",
+    "PatientMotherBirthName": "X",
+    "OtherPatientIDs": "X",
+    "OtherPatientIDsSequence": "X",
+    "OtherPatientNames": "X",
+    "PatientBirthName": "X",
+    "IssuerOfPatientID": "X",
+    "MedicalRecordLocator": "X",
+    "EthnicGroup": "X",
+    "Occupation": "X",
+    "MilitaryRank": "X",
+    "BranchOfService": "X",
+    "PatientComments": "X",
+    "AdditionalPatientHistory": "X",
+    "PatientInsurancePlanCodeSequence": "X",
+    "InsurancePlanIdentification": "X",
+    "PatientReligiousPreference": "X",
+    "CountryOfResidence": "X",
+    "RegionOfResidence": "X",
+    "CurrentPatientLocation": "X",
+    "PatientState": "X",
+    "ResponsiblePerson": "Z",
+    "ResponsiblePersonRole": "X",
+    "ResponsibleOrganization": "X",  # owner
+    "MedicalAlerts": "X",
+    "Allergies": "X",
+    "SmokingStatus": "X",
+    "PregnancyStatus": "X",
+    "LastMenstrualDate": "X",
+    "SpecialNeeds": "X",
+    "PatientTransportArrangements": "X",
     # people and places
-    "ReferringPhysicianName": "Z", "ReferringPhysicianAddress": "X",
+    "ReferringPhysicianName": "Z",
+    "ReferringPhysicianAddress": "X",
     "ReferringPhysicianTelephoneNumbers": "X",
-    "ReferringPhysicianIdentificationSequence": "X", "PerformingPhysicianName": "X",
-    "PerformingPhysicianIdentificationSequence": "X", "NameOfPhysiciansReadingStudy": "X",
-    "PhysiciansReadingStudyIdentificationSequence": "X", "PhysiciansOfRecord": "X",
-    "PhysiciansOfRecordIdentificationSequence": "X", "RequestingPhysician": "X", "OperatorsName": "X",
-    "OperatorIdentificationSequence": "X", "ScheduledPerformingPhysicianName": "X",
-    "InstitutionName": "X", "InstitutionAddress": "X", "InstitutionalDepartmentName": "X",
-    "InstitutionCodeSequence": "X", "StationName": "X", "DeviceSerialNumber": "X",
-    "PlateID": "X", "DetectorID": "X", "GantryID": "X", "CassetteID": "X", "DeviceUID": "U",
+    "ReferringPhysicianIdentificationSequence": "X",
+    "PerformingPhysicianName": "X",
+    "PerformingPhysicianIdentificationSequence": "X",
+    "NameOfPhysiciansReadingStudy": "X",
+    "PhysiciansReadingStudyIdentificationSequence": "X",
+    "PhysiciansOfRecord": "X",
+    "PhysiciansOfRecordIdentificationSequence": "X",
+    "RequestingPhysician": "X",
+    "OperatorsName": "X",
+    "OperatorIdentificationSequence": "X",
+    "ScheduledPerformingPhysicianName": "X",
+    "InstitutionName": "X",
+    "InstitutionAddress": "X",
+    "InstitutionalDepartmentName": "X",
+    "InstitutionCodeSequence": "X",
+    "StationName": "X",
+    "DeviceSerialNumber": "X",
+    "PlateID": "X",
+    "DetectorID": "X",
+    "GantryID": "X",
+    "CassetteID": "X",
+    "DeviceUID": "U",
     # study and request identifiers, free text
-    "AccessionNumber": "Z", "StudyID": "Z", "RequestedProcedureID": "X", "ScheduledProcedureStepID": "X",
-    "PerformedProcedureStepID": "X", "AdmissionID": "X", "IssuerOfAdmissionID": "X",
-    "FillerOrderNumberImagingServiceRequest": "X", "PlacerOrderNumberImagingServiceRequest": "X",
-    "RequestAttributesSequence": "X", "ReferencedPatientSequence": "X", "ReferencedStudySequence": "X",
-    "ReferencedPerformedProcedureStepSequence": "X", "StudyDescription": "X", "SeriesDescription": "X",
-    "ImageComments": "X", "RequestedProcedureDescription": "X", "PerformedProcedureStepDescription": "X",
-    "ProtocolName": "X", "AcquisitionComments": "X", "DerivationDescription": "X", "StudyComments": "X",
-    "AdmittingDiagnosesDescription": "X", "AdmittingDiagnosesCodeSequence": "X", "TextComments": "X",
-    "TextString": "X", "ContentCreatorName": "Z", "VerifyingObserverName": "X",
-    "PersonName": "X", "IconImageSequence": "X", "OriginalAttributesSequence": "X",
-    "DigitalSignaturesSequence": "X", "SourceApplicationEntityTitle": "X",
+    "AccessionNumber": "Z",
+    "StudyID": "Z",
+    "RequestedProcedureID": "X",
+    "ScheduledProcedureStepID": "X",
+    "PerformedProcedureStepID": "X",
+    "AdmissionID": "X",
+    "IssuerOfAdmissionID": "X",
+    "FillerOrderNumberImagingServiceRequest": "X",
+    "PlacerOrderNumberImagingServiceRequest": "X",
+    "RequestAttributesSequence": "X",
+    "ReferencedPatientSequence": "X",
+    "ReferencedStudySequence": "X",
+    "ReferencedPerformedProcedureStepSequence": "X",
+    "StudyDescription": "X",
+    "SeriesDescription": "X",
+    "ImageComments": "X",
+    "RequestedProcedureDescription": "X",
+    "PerformedProcedureStepDescription": "X",
+    "ProtocolName": "X",
+    "AcquisitionComments": "X",
+    "DerivationDescription": "X",
+    "StudyComments": "X",
+    "AdmittingDiagnosesDescription": "X",
+    "AdmittingDiagnosesCodeSequence": "X",
+    "TextComments": "X",
+    "TextString": "X",
+    "ContentCreatorName": "Z",
+    "VerifyingObserverName": "X",
+    "PersonName": "X",
+    "IconImageSequence": "X",
+    "OriginalAttributesSequence": "X",
+    "DigitalSignaturesSequence": "X",
+    "SourceApplicationEntityTitle": "X",
     # UIDs (all other non-standard UIDs are remapped too)
-    "StudyInstanceUID": "U", "SeriesInstanceUID": "U", "SOPInstanceUID": "U", "FrameOfReferenceUID": "U",
-    "MediaStorageSOPInstanceUID": "U", "ReferencedSOPInstanceUID": "U", "InstanceCreatorUID": "U",
-    "SynchronizationFrameOfReferenceUID": "U", "IrradiationEventUID": "U",
+    "StudyInstanceUID": "U",
+    "SeriesInstanceUID": "U",
+    "SOPInstanceUID": "U",
+    "FrameOfReferenceUID": "U",
+    "MediaStorageSOPInstanceUID": "U",
+    "ReferencedSOPInstanceUID": "U",
+    "InstanceCreatorUID": "U",
+    "SynchronizationFrameOfReferenceUID": "U",
+    "IrradiationEventUID": "U",
 }
 
 #: UIDs that name a class or syntax, not an instance: never remapped.
-_KEEP_UIDS = frozenset({
-    "SOPClassUID", "MediaStorageSOPClassUID", "ReferencedSOPClassUID", "TransferSyntaxUID",
-    "ImplementationClassUID", "ReferencedSOPClassUIDInFile", "CodingSchemeUID",
-    "RelatedGeneralSOPClassUID", "OriginalSpecializedSOPClassUID", "SOPClassesInStudy",
-})
+_KEEP_UIDS = frozenset(
+    {
+        "SOPClassUID",
+        "MediaStorageSOPClassUID",
+        "ReferencedSOPClassUID",
+        "TransferSyntaxUID",
+        "ImplementationClassUID",
+        "ReferencedSOPClassUIDInFile",
+        "CodingSchemeUID",
+        "RelatedGeneralSOPClassUID",
+        "OriginalSpecializedSOPClassUID",
+        "SOPClassesInStudy",
+    }
+)
 DEID_METHOD = "PS3.15 E.1 Basic Profile (subset), hipgen"  # LO: at most 64 characters
 
 
@@ -582,8 +708,11 @@ def deidentify(ds: Dataset, *, salt: str, allow_burned_in: bool = False) -> Data
     source = getattr(ds, "filename", None) or "<dataset>"
     with _quiet():
         if str(ds.get("BurnedInAnnotation") or "").strip().upper() == "YES" and not allow_burned_in:
-            raise InputError(str(source), "BurnedInAnnotation is YES: pixels may show patient identifiers; "
-                                          "refusing to de-identify (pass allow_burned_in to keep it)")
+            raise InputError(
+                str(source),
+                "BurnedInAnnotation is YES: pixels may show patient identifiers; "
+                "refusing to de-identify (pass allow_burned_in to keep it)",
+            )
         out = copy.deepcopy(ds)
         out.remove_private_tags()
         for elem in list(out):  # curves (50xx) and overlays (60xx): may hold annotations

@@ -72,8 +72,14 @@ class ImageFolderWriter:
         """Where the image goes, relative to the root."""
         return stored_name(record.file_name, ".png")
 
-    def add(self, record: LabelRecord, pixels: np.ndarray, pixels16: np.ndarray | None = None,
-            *, split: str | None = None) -> LabelRecord:
+    def add(
+        self,
+        record: LabelRecord,
+        pixels: np.ndarray,
+        pixels16: np.ndarray | None = None,
+        *,
+        split: str | None = None,
+    ) -> LabelRecord:
         """Store one image; returns its record with ``file_name`` set to the stored path."""
         check_pixels(pixels, pixels16)
         rel = self.place(record)
@@ -90,8 +96,9 @@ class ImageFolderWriter:
         self.entries.append(store(self.root, METADATA_NAME, encode_csv(self._records)))
 
 
-def iter_imagefolder(root: Path | str, *, on_error: OnError = "raise",
-                     report: ReadReport | None = None) -> Iterator[tuple[LabelRecord, Radiograph]]:
+def iter_imagefolder(
+    root: Path | str, *, on_error: OnError = "raise", report: ReadReport | None = None
+) -> Iterator[tuple[LabelRecord, Radiograph]]:
     """Rows of ``metadata.csv`` with their decoded images, in table order. Rows whose image is missing
     or bad are errors; images that no row names are reported as warnings."""
     root = Path(root)

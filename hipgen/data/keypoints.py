@@ -39,8 +39,9 @@ def write_labels_json(path: Path | str, records: Iterable[LabelRecord]) -> None:
     write_atomic(Path(path), encode_json(records))
 
 
-def read_labels_json(path: Path | str, *, on_error: OnError = "raise",
-                     report: ReadReport | None = None) -> list[LabelRecord]:
+def read_labels_json(
+    path: Path | str, *, on_error: OnError = "raise", report: ReadReport | None = None
+) -> list[LabelRecord]:
     """Records from a JSON list of objects, or from one object. A file that does not parse fails as a
     whole, a bad record only itself (``<file>[<index>]`` names it)."""
     report = report if report is not None else ReadReport()
@@ -90,8 +91,9 @@ def write_labels_csv(path: Path | str, records: Iterable[LabelRecord]) -> None:
     write_atomic(Path(path), encode_csv(records))
 
 
-def read_labels_csv(path: Path | str, *, on_error: OnError = "raise",
-                    report: ReadReport | None = None) -> list[LabelRecord]:
+def read_labels_csv(
+    path: Path | str, *, on_error: OnError = "raise", report: ReadReport | None = None
+) -> list[LabelRecord]:
     """Records from a label table. A missing required column or unparsable file fails as a whole, a bad
     row only itself (``<file>:<line>`` names it)."""
     report = report if report is not None else ReadReport()
@@ -168,16 +170,20 @@ def mat_record(path: Path | str, file_name: str, report: ReadReport | None = Non
     except ValueError as e:  # coincident points: the angle is undefined
         raise LabelError(path, str(e)) from None
     if m.stored_angles is not None and report is not None:
-        for side, stored, measured in zip(("right", "left"), m.stored_angles, (rec.na_right, rec.na_left),
-                                          strict=True):
+        for side, stored, measured in zip(
+            ("right", "left"), m.stored_angles, (rec.na_right, rec.na_left), strict=True
+        ):
             if not math.isfinite(stored) or abs(stored - measured) > ANGLE_TOLERANCE_DEG:
-                report.warnings.append(f"{path}: stored {side} angle {stored:.3f}° disagrees with the points "
-                                       f"({measured:.3f}°); using the points")
+                report.warnings.append(
+                    f"{path}: stored {side} angle {stored:.3f}° disagrees with the points "
+                    f"({measured:.3f}°); using the points"
+                )
     return rec
 
 
-def iter_mat_folder(root: Path | str, *, on_error: OnError = "raise",
-                    report: ReadReport | None = None) -> Iterator[tuple[LabelRecord, Radiograph]]:
+def iter_mat_folder(
+    root: Path | str, *, on_error: OnError = "raise", report: ReadReport | None = None
+) -> Iterator[tuple[LabelRecord, Radiograph]]:
     """Image + ``.mat`` pairs with the same stem (the published layout), anywhere under ``root``.
     A ``.mat`` without its image is an error; an image without a ``.mat`` is a warning."""
     root = Path(root)

@@ -62,8 +62,12 @@ class FileEntry:
     samples: tuple[LabelRecord, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"path": self.path, "sha256": self.sha256, "bytes": self.bytes,
-                               "split": self.split}
+        out: dict[str, Any] = {
+            "path": self.path,
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+            "split": self.split,
+        }
         if self.record is not None:
             out["record"] = self.record.to_dict()
         if self.samples:
@@ -92,18 +96,41 @@ def safe_relpath(name: str, source: str | None = None) -> str:
     return str(p)
 
 
-def store(root: Path, rel: str, data: bytes, *, split: str | None = None,
-          record: LabelRecord | None = None, samples: tuple[LabelRecord, ...] = ()) -> FileEntry:
+def store(
+    root: Path,
+    rel: str,
+    data: bytes,
+    *,
+    split: str | None = None,
+    record: LabelRecord | None = None,
+    samples: tuple[LabelRecord, ...] = (),
+) -> FileEntry:
     """Write ``data`` atomically under ``root`` and return its manifest entry."""
     write_atomic(root / rel, data)
     return FileEntry(rel, hashlib.sha256(data).hexdigest(), len(data), split, record, samples)
 
 
-def entry_for(root: Path, rel: str, *, split: str | None = None, record: LabelRecord | None = None,
-              samples: tuple[LabelRecord, ...] = ()) -> FileEntry:
+def entry_for(
+    root: Path,
+    rel: str,
+    *,
+    split: str | None = None,
+    record: LabelRecord | None = None,
+    samples: tuple[LabelRecord, ...] = (),
+) -> FileEntry:
     """The entry of a file that something else already wrote."""
     sha, size = sha256_file(root / rel)
     return FileEntry(rel, sha, size, split, record, samples)
+
+
+def sidecar_paths(root: Path) -> set[str]:
+    """Files the manifest lists as belonging to the data set without being samples (e.g. the phantom
+    specs), so that readers pass over them quietly; empty when there is no readable manifest."""
+    try:
+        m = read_manifest(root)
+    except (InputError, OSError):
+        return set()
+    return {f.path for f in m.files if f.record is None and not f.samples}
 
 
 def sha256_file(path: Path) -> tuple[str, int]:

@@ -64,13 +64,13 @@ class ToSquare:
         if self.mode == "crop":
             s = min(h, w)
             y0, x0 = (h - s) // 2, (w - s) // 2
-            out = pixels[y0:y0 + s, x0:x0 + s].copy()
+            out = pixels[y0 : y0 + s, x0 : x0 + s].copy()
             dx, dy = -x0, -y0
         else:
             s = max(h, w)
             dy, dx = (s - h) // 2, (s - w) // 2
             out = np.full((s, s), self.pad_value, dtype=np.float32)
-            out[dy:dy + h, dx:dx + w] = pixels
+            out[dy : dy + h, dx : dx + w] = pixels
         return out, _move(record, np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]]), out.shape)
 
     def describe(self) -> dict[str, Any]:
@@ -144,8 +144,9 @@ class Normalize:
             sd = a.std()
             out = (a - a.mean()) / sd if sd > 0 else np.zeros_like(a)
         else:
-            lo, hi = ((a.min(), a.max()) if self.method == "minmax"
-                      else np.percentile(a, [self.lower, self.upper]))
+            lo, hi = (
+                (a.min(), a.max()) if self.method == "minmax" else np.percentile(a, [self.lower, self.upper])
+            )
             out = np.clip((a - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(a)
         return out.astype(np.float32), record
 
@@ -186,8 +187,14 @@ class Preprocessing:
         return cls(steps)
 
     @classmethod
-    def standard(cls, *, square: Literal["crop", "pad"] = "crop", size: int | None = None,
-                 clahe: bool = False, normalize: str | None = "minmax") -> Preprocessing:
+    def standard(
+        cls,
+        *,
+        square: Literal["crop", "pad"] = "crop",
+        size: int | None = None,
+        clahe: bool = False,
+        normalize: str | None = "minmax",
+    ) -> Preprocessing:
         """The published pipelines' order: square, resize, optional CLAHE, normalisation."""
         steps: list[Step] = [ToSquare(square), Resize(size)]
         if clahe:

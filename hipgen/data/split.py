@@ -58,16 +58,26 @@ def _ensure_nonempty(counts: list[int], ratio: Sequence[float]) -> list[int]:
     return counts
 
 
-def stratum(record: LabelRecord, na_bins: Sequence[float] | None = None,
-            threshold: float = anatomy.DEFAULT_THRESHOLD_DEG) -> tuple[str, int]:
+def stratum(
+    record: LabelRecord,
+    na_bins: Sequence[float] | None = None,
+    threshold: float = anatomy.DEFAULT_THRESHOLD_DEG,
+) -> tuple[str, int]:
     worst = min(record.na_left, record.na_right)
-    return (anatomy.image_class(record.na_left, record.na_right, threshold),
-            bisect.bisect_right(list(na_bins), worst) if na_bins else 0)
+    return (
+        anatomy.image_class(record.na_left, record.na_right, threshold),
+        bisect.bisect_right(list(na_bins), worst) if na_bins else 0,
+    )
 
 
-def split_records(records: Sequence[LabelRecord], *, ratio: Sequence[float] = PUBLISHED_RATIO, seed: int = 0,
-                  na_bins: Sequence[float] | None = None,
-                  threshold: float = anatomy.DEFAULT_THRESHOLD_DEG) -> Split:
+def split_records(
+    records: Sequence[LabelRecord],
+    *,
+    ratio: Sequence[float] = PUBLISHED_RATIO,
+    seed: int = 0,
+    na_bins: Sequence[float] | None = None,
+    threshold: float = anatomy.DEFAULT_THRESHOLD_DEG,
+) -> Split:
     """Assign each record to train/val/test. ``na_bins``: bin edges (degrees) on the worst side's NA,
     stratified on together with the Big/Small class."""
     if len(ratio) != len(SPLITS):

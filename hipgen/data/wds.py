@@ -59,8 +59,9 @@ class _Shard:
 class WebDatasetWriter:
     format = "webdataset"
 
-    def __init__(self, root: Path | str, *, prefix: str = "shard", maxcount: int = 1000,
-                 bits: int = 8) -> None:
+    def __init__(
+        self, root: Path | str, *, prefix: str = "shard", maxcount: int = 1000, bits: int = 8
+    ) -> None:
         if maxcount < 1:
             raise ValueError(f"maxcount must be ≥ 1, got {maxcount}")
         if bits not in (8, 16):
@@ -89,8 +90,14 @@ class WebDatasetWriter:
         sh.finish()
         self.entries.append(entry_for(self.root, sh.path.name, split=split, samples=tuple(sh.records)))
 
-    def add(self, record: LabelRecord, pixels: np.ndarray, pixels16: np.ndarray | None = None,
-            *, split: str | None = None) -> LabelRecord:
+    def add(
+        self,
+        record: LabelRecord,
+        pixels: np.ndarray,
+        pixels16: np.ndarray | None = None,
+        *,
+        split: str | None = None,
+    ) -> LabelRecord:
         check_pixels(pixels, pixels16)
         key = sample_key(record.file_name)
         if key in self._keys:
@@ -98,8 +105,9 @@ class WebDatasetWriter:
         rec = replace(record, file_name=f"{key}.png")
         png = self._encode(rec, pixels, pixels16)
         sh = self._shard(split)
-        sh.writer.write({"__key__": key, "png": png, "json": json.dumps(rec.to_dict()).encode(),
-                         "txt": rec.text.encode()})
+        sh.writer.write(
+            {"__key__": key, "png": png, "json": json.dumps(rec.to_dict()).encode(), "txt": rec.text.encode()}
+        )
         sh.records.append(rec)
         self._keys.add(key)
         return rec
@@ -121,8 +129,9 @@ def shard_paths(root: Path | str) -> list[Path]:
     return sorted(p for p in Path(root).glob("*.tar") if p.is_file())
 
 
-def iter_webdataset(root: Path | str, *, on_error: OnError = "raise",
-                    report: ReadReport | None = None) -> Iterator[tuple[LabelRecord, Radiograph]]:
+def iter_webdataset(
+    root: Path | str, *, on_error: OnError = "raise", report: ReadReport | None = None
+) -> Iterator[tuple[LabelRecord, Radiograph]]:
     """Samples of every ``*.tar`` under ``root`` in name order. A shard that is not a readable tar is
     named (samples before the damage are kept); a sample without png/json or with bad ones is named
     ``<shard>:<key>``."""

@@ -38,26 +38,27 @@ ISCHIOPUBIC = (
     (0.28, 0.13),
     (0.40, 0.11),
     (0.50, 0.14),
-    (0.53, 0.30),
-    (0.51, 0.48),
-    (0.53, 0.62),
-    (0.57, 0.72),
-    (0.53, 0.81),
-    (0.40, 0.82),
-    (0.25, 0.78),
-    (0.12, 0.75),
-    (0.04, 0.77),
-    (0.0, 0.73),
-)
-OBTURATOR_CENTER = (0.26, 0.46)
-OBTURATOR_AXES = (0.13, 0.19)  # lateral, craniocaudal half-axes
+    (0.52, 0.30),
+    (0.49, 0.46),
+    (0.52, 0.62),
+    (0.57, 0.74),
+    (0.54, 0.83),
+    (0.44, 0.84),
+    (0.30, 0.76),
+    (0.16, 0.67),
+    (0.06, 0.63),
+    (0.0, 0.62),
+)  # the caudal border dips to a deep ischial arch at the midline
+OBTURATOR_CENTER = (0.26, 0.42)
+OBTURATOR_AXES = (0.13, 0.17)  # lateral, craniocaudal half-axes
 OBTURATOR_TILT_DEG = -18.0
+OBTURATOR_EGG = 0.18  # egg-shaped: this much wider at its caudal end
 # Thick bars of the hemipelvis, drawn as tubes over the plates: (start, end, radius start, radius end)
 PELVIC_BARS = (
     ((0.40, -0.10), (0.27, -0.72), 0.08, 0.06),  # body of the ilium
     ((0.38, 0.13), (0.04, 0.25), 0.05, 0.035),  # cranial pubic ramus, running caudomedially
     ((0.48, 0.17), (0.49, 0.66), 0.05, 0.045),  # body of the ischium
-    ((0.02, 0.26), (0.02, 0.72), 0.025, 0.025),  # pelvic symphysis (half of it)
+    ((0.02, 0.26), (0.02, 0.62), 0.025, 0.025),  # pelvic symphysis (half of it)
 )
 
 # Sacrum: three fused vertebrae between the ilia; cranial end meets L7.
@@ -75,11 +76,11 @@ TAIL_START_V = -0.58
 TAIL_LENGTHS = (0.17, 0.19, 0.20, 0.21, 0.21, 0.21, 0.20, 0.20, 0.19, 0.18, 0.17, 0.16, 0.15, 0.14)
 
 # Femur (left; offsets from the head centre, before the shaft angle is applied).
-NECK_END = (0.13, 0.1)  # where the neck meets the shaft, from the head centre
-GREATER_TROCHANTER = (0.2, 0.08)
-GREATER_TROCHANTER_AXES = (0.055, 0.11)
-SHAFT_RADII = (0.095, 0.078, 0.068, 0.072, 0.1)  # proximal → distal, at fractions SHAFT_STATIONS
-SHAFT_START = (0.15, 0.1)  # proximal end of the shaft axis, hidden in the trochanter mass
+NECK_END = (0.2, 0.15)  # where the neck meets the shaft, from the head centre
+GREATER_TROCHANTER = (0.26, 0.03)
+GREATER_TROCHANTER_AXES = (0.055, 0.12)
+SHAFT_RADII = (0.09, 0.08, 0.068, 0.074, 0.1)  # proximal → distal, at fractions SHAFT_STATIONS
+SHAFT_START = (0.21, 0.13)  # proximal end of the shaft axis, hidden in the trochanter mass
 SHAFT_STATIONS = (0.0, 0.18, 0.5, 0.82, 1.0)
 
 # Soft tissue: trunk half-width and depth along v (body units), thigh radii along the femur.

@@ -9,7 +9,7 @@ import numpy as np
 
 from hipgen.anatomy import HipKeypoints
 from hipgen.phantom.render import render_phantom
-from hipgen.phantom.spec import sample_spec
+from hipgen.phantom.spec import image_seed, spec_for_seed
 
 
 def draw_labels(img8: np.ndarray, kp: HipKeypoints) -> np.ndarray:
@@ -50,10 +50,10 @@ def sample_grid(
     image_size: int = 512,
 ) -> np.ndarray:
     """BGR mosaic of ``count`` phantoms drawn from ``distribution``; tiles keep their aspect, padded black."""
-    rng = np.random.default_rng(seed)
     tiles = []
     for i in range(count):
-        s = render_phantom(sample_spec(distribution, rng, image_size=image_size), seed=seed * 1000 + i)
+        s_i = image_seed(seed, i)  # the same images as `hipgen phantom --seed` renders
+        s = render_phantom(spec_for_seed(distribution, s_i, image_size=image_size), seed=s_i)
         img = draw_labels(s.pixels8, s.keypoints) if labels else cv2.cvtColor(s.pixels8, cv2.COLOR_GRAY2BGR)
         h, w = img.shape[:2]
         k = tile / max(h, w)

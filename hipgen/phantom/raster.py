@@ -48,7 +48,18 @@ def _chords(dn2: np.ndarray, half_depth: np.ndarray | float, mat: Material) -> n
     return (2.0 * half_depth) * (mat.cortex * (outer - inner) + mat.inner * inner)
 
 
-def add_tube(acc: np.ndarray, p0: Vec, p1: Vec, r0: float, r1: float, mat: Material) -> None:
+def _put(acc: np.ndarray, sl: tuple[slice, slice], val: np.ndarray, mode: str) -> None:
+    if mode == "add":
+        acc[sl] += val
+    elif mode == "max":
+        np.maximum(acc[sl], val, out=acc[sl])
+    else:
+        raise ValueError(f"mode must be 'add' or 'max', got {mode!r}")
+
+
+def add_tube(
+    acc: np.ndarray, p0: Vec, p1: Vec, r0: float, r1: float, mat: Material, mode: str = "add"
+) -> None:
     """A tapered cylinder (capsule) from ``p0`` to ``p1`` with radii ``r0`` → ``r1`` (pixels)."""
     rmax = max(r0, r1)
     box = _roi(
@@ -67,7 +78,7 @@ def add_tube(acc: np.ndarray, p0: Vec, p1: Vec, r0: float, r1: float, mat: Mater
     t = np.clip((rx * dx + ry * dy) / L2, 0.0, 1.0) if L2 > 0 else np.zeros_like(rx + ry)
     d2 = (rx - t * dx) ** 2 + (ry - t * dy) ** 2
     R = r0 + (r1 - r0) * t
-    acc[sl] += _chords(d2 / (R * R), R, mat)
+    _put(acc, sl, _chords(d2 / (R * R), R, mat), mode)
 
 
 def add_ellipsoid(
@@ -79,6 +90,7 @@ def add_ellipsoid(
     mat: Material,
     depth: float | None = None,
     power: float = 2.0,
+    mode: str = "add",
 ) -> None:
     """An ellipsoid (or, with ``power`` > 2, a rounded box) with semi-axes ``a`` along ``angle_deg``
     and ``b`` across it (pixels); ``depth`` is its half-thickness along the beam (default ``min(a, b)``)."""
@@ -92,7 +104,7 @@ def add_ellipsoid(
     u = (rx * ca + ry * sa) / a
     v = (-rx * sa + ry * ca) / b
     dn2 = u * u + v * v if power == 2.0 else (np.abs(u) ** power + np.abs(v) ** power) ** (2.0 / power)
-    acc[sl] += _chords(dn2, min(a, b) if depth is None else depth, mat)
+    _put(acc, sl, _chords(dn2, min(a, b) if depth is None else depth, mat), mode)
 
 
 def add_plate(
@@ -179,7 +191,9 @@ def polyline_field(xs: np.ndarray, ys: np.ndarray, pts: Sequence[Vec], radii: Se
     return best, rad
 
 
-def add_polyline_tube(acc: np.ndarray, pts: Sequence[Vec], r: float | Sequence[float], mat: Material) -> None:
+def add_polyline_tube(
+    acc: np.ndarray, pts: Sequence[Vec], r: float | Sequence[float], mat: Material, mode: str = "add"
+) -> None:
     """A tube along a polyline with a radius per vertex (the femoral shaft, the acetabular rim arc)."""
     radii = [float(r)] * len(pts) if isinstance(r, (int, float)) else [float(x) for x in r]
     if len(pts) < 2:
@@ -193,7 +207,7 @@ def add_polyline_tube(acc: np.ndarray, pts: Sequence[Vec], r: float | Sequence[f
         return
     sl, xs, ys = box
     dn2, rad = polyline_field(xs, ys, pts, radii)
-    acc[sl] += _chords(dn2, rad, mat)
+    _put(acc, sl, _chords(dn2, rad, mat), mode)
 
 
 def chords(dn2: np.ndarray, half_depth: np.ndarray | float, mat: Material) -> np.ndarray:

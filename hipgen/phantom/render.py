@@ -41,6 +41,8 @@ RENDERER_VERSION = "phantom-1"
 MU_SOFT = 1.0
 CORTEX = Material(cortex=3.2, inner=0.9)
 BAR = Material(cortex=2.4, inner=0.8, shell=0.7)  # thick parts of the flat pelvic bones
+THINNING = Material(cortex=-0.45, inner=-0.45, shell=1.0)  # takes bone away (sacral foramina)
+CANCELLOUS = Material(cortex=3.0, inner=1.5, shell=0.82)  # trochanters: spongy bone, thin cortex
 SHAFT = Material(cortex=3.4, inner=0.35, shell=0.62)  # long-bone diaphysis: thick cortex, marrow canal
 DENSE = Material(cortex=3.4, inner=1.4, shell=0.7)  # small dense bones: patella, fabellae, trochanter tip
 SPINE = Material(cortex=2.8, inner=0.8, shell=0.72)
@@ -101,11 +103,20 @@ class _Frame:
         vv = v * (1.0 - 0.5 * t) if v < 0 else v * (1.0 + 0.5 * t)
         return self.at(side * (0.5 + (u - 0.5) * k), vv)
 
+    @property
+    def shift(self) -> float:
+        """Sideways shift (body units) of the midline structures under axial pelvic rotation."""
+        return 0.22 * math.sin(math.radians(self.spec.pelvic_rotation_deg))
+
+    @property
+    def axis_deg(self) -> float:
+        """Image angle of the body's craniocaudal axis (degrees), for orienting elongated bones."""
+        return math.degrees(math.atan2(self.ey[1], self.ey[0]))
+
     def midline(self, u: float, v: float) -> Vec:
         """Spine, sacrum and tail: shifted sideways by axial rotation, foreshortened by tilt."""
-        shift = 0.22 * math.sin(math.radians(self.spec.pelvic_rotation_deg))
         t = math.sin(math.radians(self.spec.pelvic_tilt_deg))
-        return self.at(u + shift, v * (1.0 - 0.5 * t) if v < 0 else v)
+        return self.at(u + self.shift, v * (1.0 - 0.5 * t) if v < 0 else v)
 
     def rotate(self, vec: Vec, deg: float) -> Vec:
         c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
@@ -139,127 +150,154 @@ def place_keypoints(spec: PhantomSpec) -> tuple[_Frame, HipKeypoints]:
 
 
 # --- bones ------------------------------------------------------------------------------------------
-def _femur(bone: np.ndarray, f: _Frame, kp: HipKeypoints, side: int, rng: np.random.Generator) -> None:
-    s = "left" if side > 0 else "right"
-    h: Vec = getattr(kp, f"{s}_head")
-    r: float = getattr(kp, f"{s}_radius")
+def _hip(f: _Frame, kp: HipKeypoints, side: int) -> tuple[Vec, float, Vec, Vec, Vec]:
+    """(head centre, head radius, rim point, unit vector to the other head, cranial unit vector)."""
+    s, o = ("left", "right") if side > 0 else ("right", "left")
+    h, other = getattr(kp, f"{s}_head"), getattr(kp, f"{o}_head")
+    d = math.dist(h, other)
+    m = ((other[0] - h[0]) / d, (other[1] - h[1]) / d)
+    return h, getattr(kp, f"{s}_radius"), getattr(kp, f"{s}_rim"), m, (-f.ey[0], -f.ey[1])
+
+
+def _femur(bone: np.ndarray, f: _Frame, kp: HipKeypoints, side: int) -> None:
+    h, r, _, _, _ = _hip(f, kp, side)
     D, spec = f.D, f.spec
+    s = "left" if side > 0 else "right"
     angle = side * getattr(spec, f"femur_angle_{s}_deg")  # + = stifle lateral
     down = f.rotate(f.ey, -angle)  # shaft direction
+    tilt = f.axis_deg
+    lat = (side * f.ex[0], side * f.ex[1])
 
     def off(du: float, dv: float) -> Vec:  # offsets from the head centre, lateral = +du
-        lat = (side * f.ex[0], side * f.ex[1])
         return (h[0] + D * (du * lat[0] + dv * f.ey[0]), h[1] + D * (du * lat[1] + dv * f.ey[1]))
 
-    add_ellipsoid(bone, h, r, r, 0.0, CORTEX)  # femoral head
-    neck_end = off(*lay.NECK_END)
-    add_tube(bone, h, neck_end, 0.72 * r, 0.8 * r, CORTEX)  # femoral neck
+    # head, neck, trochanter and shaft are one bone: blended by maximum so that no seam or cap
+    # shows where the parts overlap
+    fem = np.zeros_like(bone)
+    add_ellipsoid(fem, h, r, r, 0.0, CORTEX, mode="max")  # femoral head
     gt = off(*lay.GREATER_TROCHANTER)
-    tilt = math.degrees(math.atan2(f.ey[1], f.ey[0]))
     add_ellipsoid(
-        bone, gt, lay.GREATER_TROCHANTER_AXES[1] * D, lay.GREATER_TROCHANTER_AXES[0] * D, tilt, CORTEX
+        fem,
+        gt,
+        lay.GREATER_TROCHANTER_AXES[1] * D,
+        lay.GREATER_TROCHANTER_AXES[0] * D,
+        tilt,
+        CANCELLOUS,
+        mode="max",
     )
+    neck_end = off(*lay.NECK_END)
     L = spec.femur_length_ratio * D
     top = off(*lay.SHAFT_START)
     stations = [(top[0] + t * L * down[0], top[1] + t * L * down[1]) for t in lay.SHAFT_STATIONS]
-    add_polyline_tube(bone, stations, [rr * D for rr in lay.SHAFT_RADII], SHAFT)
+    # the neck waists between the head and the trochanteric region, then turns down into the shaft
+    start = (h[0] + 0.5 * (neck_end[0] - h[0]), h[1] + 0.5 * (neck_end[1] - h[1]))
+    add_polyline_tube(fem, [start, neck_end], [0.62 * r, 0.8 * r], CORTEX, mode="max")
+    add_polyline_tube(
+        fem, [neck_end, *stations], [0.8 * r, *(rr * D for rr in lay.SHAFT_RADII)], SHAFT, mode="max"
+    )
+    bone += fem
     # lesser trochanter: a small medial bump on the proximal shaft
-    lt = (stations[1][0] - side * 0.085 * D * f.ex[0], stations[1][1] - side * 0.085 * D * f.ex[1])
+    lt = (stations[1][0] - 0.085 * D * lat[0], stations[1][1] - 0.085 * D * lat[1])
     add_ellipsoid(bone, lt, 0.05 * D, 0.035 * D, tilt, DENSE)
     # distal femur: two condyles, the patella over the trochlea, fabellae caudally
     knee = stations[-1]
     across = f.rotate(f.ex, -angle)
+
+    def near(k: float, d: float) -> Vec:  # k across and d down from the knee, body units
+        return (knee[0] + D * (k * across[0] + d * down[0]), knee[1] + D * (k * across[1] + d * down[1]))
+
     for k in (-1, 1):
-        c = (
-            knee[0] + k * 0.06 * D * across[0] + 0.03 * D * down[0],
-            knee[1] + k * 0.06 * D * across[1] + 0.03 * D * down[1],
-        )
-        add_ellipsoid(bone, c, 0.065 * D, 0.075 * D, tilt, CORTEX)
-        fab = (
-            knee[0] + k * 0.1 * D * across[0] + 0.06 * D * down[0],
-            knee[1] + k * 0.1 * D * across[1] + 0.06 * D * down[1],
-        )
-        add_ellipsoid(bone, fab, 0.022 * D, 0.022 * D, 0.0, DENSE)
-    pat = (knee[0] - 0.08 * D * down[0], knee[1] - 0.08 * D * down[1])
-    add_ellipsoid(bone, pat, 0.075 * D, 0.045 * D, tilt, DENSE)
+        add_ellipsoid(bone, near(0.06 * k, 0.03), 0.065 * D, 0.075 * D, tilt, CORTEX)  # condyle
+        add_ellipsoid(bone, near(0.1 * k, 0.06), 0.022 * D, 0.022 * D, 0.0, DENSE)  # fabella
+    add_ellipsoid(bone, near(0.0, -0.08), 0.075 * D, 0.045 * D, tilt, DENSE)  # patella
     # proximal tibia and fibula below the stifle joint space
-    plateau = (knee[0] + 0.17 * D * down[0], knee[1] + 0.17 * D * down[1])
+    plateau = near(0.0, 0.17)
     add_ellipsoid(bone, plateau, 0.045 * D, 0.13 * D, tilt, CORTEX)
-    tib_end = (plateau[0] + 1.6 * D * down[0], plateau[1] + 1.6 * D * down[1])
-    add_tube(bone, plateau, tib_end, 0.1 * D, 0.06 * D, CORTEX)
-    fib0 = (plateau[0] + side * 0.11 * D * across[0], plateau[1] + side * 0.11 * D * across[1])
-    add_tube(
-        bone, fib0, (fib0[0] + 1.5 * D * down[0], fib0[1] + 1.5 * D * down[1]), 0.025 * D, 0.02 * D, DENSE
-    )
+    add_tube(bone, plateau, near(0.0, 1.77), 0.1 * D, 0.06 * D, CORTEX)
+    add_tube(bone, near(0.11 * side, 0.17), near(0.11 * side, 1.67), 0.025 * D, 0.02 * D, DENSE)
 
 
 def _acetabulum(bone: np.ndarray, f: _Frame, kp: HipKeypoints, side: int) -> None:
-    """The acetabular wall round the head, ending laterally exactly at the craniolateral rim point,
-    with the dorsal rim as a thin bright arc through that point."""
-    s = "left" if side > 0 else "right"
-    h: Vec = getattr(kp, f"{s}_head")
-    rim: Vec = getattr(kp, f"{s}_rim")
-    r: float = getattr(kp, f"{s}_radius")
-    other: Vec = getattr(kp, f"{'right' if side > 0 else 'left'}_head")
-    m = ((other[0] - h[0]) / f.D, (other[1] - h[1]) / f.D)
-    cranial = (-f.ey[0], -f.ey[1])
-    na = math.degrees(
-        math.atan2(
-            (rim[0] - h[0]) * cranial[0] + (rim[1] - h[1]) * cranial[1],
-            (rim[0] - h[0]) * m[0] + (rim[1] - h[1]) * m[1],
-        )
-    )
-    rho = math.hypot(rim[0] - h[0], rim[1] - h[1])
+    """The acetabulum round the head. Its wall tapers to a lip at the craniolateral rim point, the
+    dorsal acetabular rim runs from that point caudally across the lateral part of the head, and a
+    shallow hip (low NA) sits subluxated: the cup centre lies medial of the head, widening the medial
+    joint space."""
+    h, r, rim, m, cranial = _hip(f, kp, side)
+    na = getattr(f.spec, f"na_{'left' if side > 0 else 'right'}")
+    lateral = (-m[0], -m[1])
+    sub = r * 0.22 * min(max((105.0 - na) / 30.0, 0.0), 1.0)
+    c0 = (h[0] + sub * m[0], h[1] + sub * m[1])  # cup centre
     axes = (m, cranial)
-    # wall: annular sector from medial-caudal round the cranial side to the rim
-    outer = arc_points(h, 1.5 * r, -105.0, na, axes, 24)  # caudal acetabulum joins the ischium
-    inner = arc_points(h, 0.97 * r, na, -105.0, axes, 24)
-    add_plate(bone, outer + [rim] + inner, thickness=0.1 * f.D, cortex=0.25 * f.D, edge_px=0.2 * r)
-    # dorsal acetabular rim: thin dense arc ending at the rim point
-    arc = arc_points(h, rho, max(na - 110.0, -20.0), na, axes, 18)
-    add_polyline_tube(bone, arc, 0.07 * r, DENSE)
-    # cranial acetabular margin: subchondral line hugging the head
-    add_polyline_tube(bone, arc_points(h, 1.02 * r, 40.0, min(na, 150.0), axes, 14), 0.05 * r, DENSE)
+    rx, ry = rim[0] - c0[0], rim[1] - c0[1]
+    rim_phi = math.degrees(math.atan2(rx * cranial[0] + ry * cranial[1], rx * m[0] + ry * m[1]))
+    rim_rho = math.hypot(rx, ry)
+    # wall: from the caudal acetabulum (joining the ischium) round the cranial side; the outer margin
+    # closes in on the rim over the last 50°, so the wall ends in a lip rather than a cut
+    phis = np.linspace(-105.0, rim_phi, 28)
+    taper = np.clip((phis - (rim_phi - 50.0)) / 50.0, 0.0, 1.0)
+    radii = 1.5 * r + (rim_rho - 1.5 * r) * taper * taper * (3 - 2 * taper)
+    outer = [
+        (
+            c0[0] + rr * (math.cos(math.radians(q)) * m[0] + math.sin(math.radians(q)) * cranial[0]),
+            c0[1] + rr * (math.cos(math.radians(q)) * m[1] + math.sin(math.radians(q)) * cranial[1]),
+        )
+        for q, rr in zip(phis, radii, strict=True)
+    ]
+    inner = arc_points(c0, 0.98 * r, rim_phi - 6.0, -105.0, axes, 24)
+    add_plate(bone, smooth_outline(outer + inner, 1), thickness=0.1 * f.D, cortex=0.22 * f.D, edge_px=0.2 * r)
+    # dorsal acetabular rim: from the rim point caudally over the lateral third of the head
+    end = (
+        c0[0] + 1.05 * r * (math.cos(math.radians(-100)) * m[0] + math.sin(math.radians(-100)) * cranial[0]),
+        c0[1] + 1.05 * r * (math.cos(math.radians(-100)) * m[1] + math.sin(math.radians(-100)) * cranial[1]),
+    )
+    ctrl = (h[0] + 0.8 * r * lateral[0], h[1] + 0.8 * r * lateral[1])
+    t = np.linspace(0.0, 1.0, 16)[:, None]
+    dar = (1 - t) ** 2 * np.array(rim) + 2 * (1 - t) * t * np.array(ctrl) + t**2 * np.array(end)
+    add_polyline_tube(bone, [tuple(p) for p in dar], np.linspace(0.07 * r, 0.04 * r, 16).tolist(), DENSE)
+    # cranial acetabular margin: the subchondral line over the cranial head, meeting the dorsal rim at
+    # the rim point — that junction is the bright corner a reader marks as the craniolateral rim
+    margin = arc_points(c0, 1.03 * r, 30.0, rim_phi - 4.0, axes, 14) + [rim]
+    add_polyline_tube(bone, margin, 0.06 * r, DENSE)
 
 
 def _pelvis(bone: np.ndarray, f: _Frame, side: int) -> None:
+    """One hemipelvis. Plates and the thick bars along their borders are blended by maximum, not
+    summed: the bars are where the flat bone thickens, not rods lying on top of it."""
     D = f.D
+    pel = np.zeros_like(bone)
     ilium = smooth_outline([f.pelvis(u, v, side) for u, v in lay.ILIUM])
-    add_plate(bone, ilium, thickness=0.07 * D, cortex=0.3 * D, edge_px=0.04 * D)
-    for p0, p1, r0, r1 in lay.PELVIC_BARS:
-        add_tube(bone, f.pelvis(*p0, side), f.pelvis(*p1, side), r0 * D, r1 * D, BAR)
-    oc = lay.OBTURATOR_CENTER
-    a, b = lay.OBTURATOR_AXES
-    t = math.radians(lay.OBTURATOR_TILT_DEG)
+    add_plate(pel, ilium, thickness=0.07 * D, cortex=0.3 * D, edge_px=0.04 * D)
+    oc, (a, b), t = lay.OBTURATOR_CENTER, lay.OBTURATOR_AXES, math.radians(lay.OBTURATOR_TILT_DEG)
     hole = []
     for q in np.linspace(0, 2 * math.pi, 32, endpoint=False):
-        du, dv = a * math.cos(q), b * math.sin(q)
+        # egg-shaped: wider caudally (sin q > 0 is caudal)
+        du, dv = a * math.cos(q) * (1.0 + lay.OBTURATOR_EGG * math.sin(q)), b * math.sin(q)
         hole.append(
             f.pelvis(
                 oc[0] + du * math.cos(t) - dv * math.sin(t), oc[1] + du * math.sin(t) + dv * math.cos(t), side
             )
         )
     plate = smooth_outline([f.pelvis(u, v, side) for u, v in lay.ISCHIOPUBIC])
-    add_plate(bone, plate, thickness=0.05 * D, cortex=0.25 * D, edge_px=0.04 * D, holes=[hole])
+    add_plate(pel, plate, thickness=0.05 * D, cortex=0.25 * D, edge_px=0.04 * D, holes=[hole])
+    bars = np.zeros_like(bone)
+    for p0, p1, r0, r1 in lay.PELVIC_BARS:
+        add_tube(bars, f.pelvis(*p0, side), f.pelvis(*p1, side), r0 * D, r1 * D, BAR, mode="max")
     # ischial tuberosity: a dense thickening at the caudolateral corner
-    add_ellipsoid(bone, f.pelvis(0.48, 0.76, side), 0.09 * D, 0.05 * D, 20.0 * side, DENSE, depth=0.05 * D)
+    add_ellipsoid(
+        bars, f.pelvis(0.5, 0.77, side), 0.09 * D, 0.05 * D, 20.0 * side, DENSE, depth=0.05 * D, mode="max"
+    )
+    bone += np.maximum(pel, bars)
 
 
-def _spine(bone: np.ndarray, f: _Frame, rng: np.random.Generator) -> None:
+def _spine(bone: np.ndarray, f: _Frame) -> None:
     D = f.D
     sac = smooth_outline([f.midline(u, v) for u, v in lay.SACRUM])
-    holes = []
-    for fu, fv in lay.SACRAL_FORAMINA:
+    add_plate(bone, sac, thickness=0.09 * D, cortex=0.2 * D, edge_px=0.05 * D)
+    for fu, fv in lay.SACRAL_FORAMINA:  # the foramina thin the bone; they are not punched through
         for k in (-1, 1):
-            holes.append(
-                [
-                    f.midline(k * fu + 0.018 * math.cos(q), fv + 0.022 * math.sin(q))
-                    for q in np.linspace(0, 2 * math.pi, 12, endpoint=False)
-                ]
-            )
-    add_plate(bone, sac, thickness=0.09 * D, cortex=0.2 * D, edge_px=0.05 * D, holes=holes)
+            add_ellipsoid(bone, f.midline(k * fu, fv), 0.022 * D, 0.018 * D, f.axis_deg, THINNING)
     add_tube(bone, f.midline(0, -1.2), f.midline(0, -0.66), 0.025 * D, 0.02 * D, DENSE)  # median crest
-    tilt = math.degrees(math.atan2(f.ey[1], f.ey[0]))
+    tilt = f.axis_deg
     v = lay.SACRUM_CRANIAL_V
     for i, length in enumerate(lay.LUMBAR_LENGTHS):  # L7 first, going cranially
         v_end = v - length
@@ -329,7 +367,7 @@ def _body_coords(f: _Frame, shape: tuple[int, int], step: int) -> tuple[np.ndarr
     return (dx * f.ex[0] + dy * f.ex[1]) / f.D, (dx * f.ey[0] + dy * f.ey[1]) / f.D
 
 
-def _soft_tissue(f: _Frame, kp: HipKeypoints, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+def _soft_tissue(f: _Frame, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """Path length through soft tissue (body units), computed at half resolution: it is smooth."""
     step = 2
     u, v = _body_coords(f, shape, step)
@@ -348,8 +386,7 @@ def _soft_tissue(f: _Frame, kp: HipKeypoints, shape: tuple[int, int], rng: np.ra
         dn2, rad = polyline_field(u, v, pts, (*lay.THIGH_RADII, 0.17))
         soft = np.maximum(soft, chords(dn2, lay.THIGH_DEPTH * rad, SOFT))
     # the tail's own soft tissue, hanging between the hind limbs along the caudal vertebrae
-    shift = 0.22 * math.sin(math.radians(spec.pelvic_rotation_deg))  # as in _Frame.midline
-    path = [(u0 + shift, v0) for u0, v0, *_ in _tail_path(spec) if v0 > 0.2]
+    path = [(u0 + f.shift, v0) for u0, v0, *_ in _tail_path(spec) if v0 > 0.2]
     if len(path) >= 2:
         dn2, rad = polyline_field(u, v, path, np.linspace(0.17, 0.1, len(path)).tolist())
         soft = np.maximum(soft, chords(dn2, rad, SOFT))
@@ -555,6 +592,23 @@ def _orient(img: np.ndarray, kp: HipKeypoints, spec: PhantomSpec) -> tuple[np.nd
     return np.ascontiguousarray(np.rot90(img, k=-k)), kp.transformed(m)
 
 
+def _skeleton(f: _Frame, kp: HipKeypoints) -> np.ndarray:
+    bone = np.zeros(f.spec.upright_size, np.float32)
+    for side in (1, -1):
+        _pelvis(bone, f, side)
+        _acetabulum(bone, f, kp, side)
+        _femur(bone, f, kp, side)
+    _spine(bone, f)
+    return bone
+
+
+def bone_map(spec: PhantomSpec) -> tuple[np.ndarray, HipKeypoints]:
+    """Projected bone path length (pixels) of the upright, unmirrored view before texture, soft tissue
+    and acquisition, with the keypoints in the same frame: what tests hold the labels against."""
+    f, kp = place_keypoints(spec)
+    return _skeleton(f, kp), kp
+
+
 def render_phantom(spec: PhantomSpec, seed: int = 0) -> PhantomSample:
     """Render one radiograph. Deterministic for ``(spec, seed)``.
 
@@ -565,17 +619,12 @@ def render_phantom(spec: PhantomSpec, seed: int = 0) -> PhantomSample:
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x48495047]))
     shape = spec.upright_size
     f, kp = place_keypoints(spec)
-    bone = np.zeros(shape, np.float32)
-    for side in (1, -1):
-        _pelvis(bone, f, side)
-        _acetabulum(bone, f, kp, side)
-        _femur(bone, f, kp, side, rng)
-    _spine(bone, f, rng)
+    bone = _skeleton(f, kp)
     px_mm = spec.body_size_mm / f.D
     bone *= 1.0 + 0.07 * _trabecular(rng, shape, px_mm)
     np.maximum(bone, 0.0, out=bone)
 
-    soft_small = _soft_tissue(f, kp, shape, rng)
+    soft_small = _soft_tissue(f, shape, rng)
     gas = np.zeros(soft_small.shape, np.float32)
     _gas(_Frame(f.cx / 2, f.cy / 2, f.D / 2, f.ex, f.ey, spec), gas, rng)
     gas *= 1.0 + 0.5 * _noise(rng, gas.shape, 6.0)

@@ -8,6 +8,7 @@ distance, rim at ≈ 1.11 × head radius, inter-head distance ≈ 0.33 × image 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
@@ -73,25 +74,22 @@ class PhantomSpec:
 
     def __post_init__(self) -> None:
         errs = []
-        for side in ("left", "right"):
-            na = getattr(self, f"na_{side}")
-            if not (NA_LIMITS[0] <= na <= NA_LIMITS[1]):
-                errs.append(f"na_{side}={na} outside {NA_LIMITS[0]}–{NA_LIMITS[1]} degrees")
-            if not 0.05 <= getattr(self, f"head_radius_ratio_{side}") <= 0.2:
-                errs.append(f"head_radius_ratio_{side} must be in 0.05–0.2")
-            if not 0.9 <= getattr(self, f"rim_ratio_{side}") <= 1.5:
-                errs.append(f"rim_ratio_{side} must be in 0.9–1.5")
-        if not (64 <= self.width <= 8192 and 64 <= self.height <= 8192):
-            errs.append(f"width/height must be 64–8192 pixels, got {self.width}x{self.height}")
+        for name, (lo, hi) in _BOUNDS.items():
+            v = getattr(self, name)
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or not math.isfinite(v)
+                or not lo <= v <= hi
+            ):
+                errs.append(f"{name}={v!r} outside {lo}–{hi}")
         if self.orientation not in (0, 90, 180, 270):
             errs.append(f"orientation must be 0, 90, 180 or 270, got {self.orientation}")
-        if not 0.1 <= self.inter_head_fraction <= 0.9:
-            errs.append("inter_head_fraction must be in 0.1–0.9")
         if self.marker not in ("L", "R", ""):
             errs.append(f"marker must be 'L', 'R' or '', got {self.marker!r}")
-        if self.dose <= 0 or self.body_size_mm <= 0 or self.soft_tissue <= 0:
-            errs.append("dose, body_size_mm and soft_tissue must be positive")
-        if len(self.collimation) != 4 or not all(0 <= c < 0.45 for c in self.collimation):
+        if len(self.collimation) != 4 or not all(
+            isinstance(c, (int, float)) and 0 <= c < 0.45 for c in self.collimation
+        ):
             errs.append("collimation must be four fractions in [0, 0.45)")
         if errs:
             raise ValueError("invalid PhantomSpec: " + "; ".join(errs))
@@ -116,6 +114,65 @@ class PhantomSpec:
         if "collimation" in d:
             d["collimation"] = tuple(float(c) for c in d["collimation"])
         return cls(**d)
+
+
+# Closed bounds of every numeric field: beyond them the renderer would divide by zero, produce NaN, or
+# draw hips outside the image while still emitting their labels.
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "na_left": NA_LIMITS,
+    "na_right": NA_LIMITS,
+    "head_radius_ratio_left": (0.05, 0.2),
+    "head_radius_ratio_right": (0.05, 0.2),
+    "rim_ratio_left": (0.9, 1.5),
+    "rim_ratio_right": (0.9, 1.5),
+    "width": (64, 8192),
+    "height": (64, 8192),
+    "inter_head_fraction": (0.1, 0.9),
+    "center_x": (0.2, 0.8),
+    "center_y": (0.1, 0.9),
+    "rotation_deg": (-30.0, 30.0),
+    "pelvic_rotation_deg": (-25.0, 25.0),
+    "pelvic_tilt_deg": (-25.0, 25.0),
+    "femur_angle_left_deg": (-30.0, 30.0),
+    "femur_angle_right_deg": (-30.0, 30.0),
+    "femur_length_ratio": (1.5, 3.0),
+    "body_size_mm": (20.0, 200.0),
+    "soft_tissue": (0.3, 3.0),
+    "tail_deviation_deg": (-60.0, 60.0),
+    "bowel_gas": (0.0, 1.0),
+    "dose": (10.0, 1e6),
+    "electronic_noise": (0.0, 100.0),
+    "scatter": (0.0, 2.0),
+    "bone_contrast": (0.2, 3.0),
+    "gamma": (0.2, 5.0),
+    "contrast": (0.2, 5.0),
+    "brightness": (-1.0, 1.0),
+    "edge_enhance": (0.0, 5.0),
+    "range_compression": (0.0, 0.95),
+    "blur_px": (0.0, 10.0),
+    "grid_lines": (0.0, 0.5),
+    "grid_period_px": (1.5, 50.0),
+    "burned_text": (0, 6),
+}
+
+
+def labels_visible(spec: PhantomSpec) -> bool:
+    """Both head discs and both rim points lie inside the exposed field (not under the collimator,
+    not off the image): a label must never name a joint the image hides."""
+    from hipgen.phantom.render import place_keypoints  # geometry only; no pixels are drawn
+
+    H, W = spec.upright_size
+    top, bottom, left, right = spec.collimation
+    _, kp = place_keypoints(spec)
+    for side in ("left", "right"):
+        (hx, hy), r = getattr(kp, f"{side}_head"), getattr(kp, f"{side}_radius")
+        rx, ry = getattr(kp, f"{side}_rim")
+        for x, y, pad in ((hx, hy, r), (rx, ry, 0.1 * r)):
+            if not (
+                left * W + pad <= x <= (1 - right) * W - pad and top * H + pad <= y <= (1 - bottom) * H - pad
+            ):
+                return False
+    return True
 
 
 # --- named distributions ------------------------------------------------------------------------
@@ -161,7 +218,7 @@ def _anatomy(rng: np.random.Generator, rotate_prob: float, mirror_prob: float) -
         rim_ratio_right=_clip(rng.normal(1.11, 0.05), 0.98, 1.3),
         inter_head_fraction=_clip(rng.normal(0.33, 0.08), 0.18, 0.7),
         center_x=_clip(rng.normal(0.5, 0.04), 0.35, 0.65),
-        center_y=_clip(rng.normal(0.42, 0.06), 0.28, 0.6),
+        center_jitter=float(rng.normal(0.0, 0.03)),
         orientation=int(rng.choice([0, 90, 270])) if rng.random() < rotate_prob else 0,
         mirror=bool(rng.random() < mirror_prob),
         rotation_deg=float(rng.normal(0, 3.0)),
@@ -203,7 +260,10 @@ def _make(
     randomise: bool,
 ) -> PhantomSpec:
     anat = _anatomy(rng, rotate_prob, mirror_prob)
+    jitter = anat.pop("center_jitter")
     acq = _acquisition(rng, _size(rng, side))
+    h, w = acq["height"], acq["width"]
+    anat["center_y"] = _clip(_whole_view_center_y(h / w, anat["inter_head_fraction"]) + jitter, 0.2, 0.7)
     spec = PhantomSpec(na_left=na[0], na_right=na[1], **anat, **acq)
     if not randomise:  # tidy: upright, centred, clean acquisition; only anatomy and label vary
         spec = replace(
@@ -218,10 +278,29 @@ def _make(
             overlay=False,
             height=side,
             width=side,
+            center_y=_clip(_whole_view_center_y(1.0, spec.inter_head_fraction), 0.2, 0.7),
         )
-    if spec.orientation in (90, 270):
+    if spec.orientation in (90, 270):  # width/height name the stored image
         spec = replace(spec, width=spec.height, height=spec.width)
+    if not labels_visible(spec):  # a collimator or framing that hides a hip: open the field, re-centre
+        spec = replace(spec, collimation=(0.0,) * 4, center_x=0.5, rotation_deg=0.0)
+    if not labels_visible(spec):
+        spec = replace(spec, inter_head_fraction=0.33, center_y=0.45)
     return spec
+
+
+# The whole-pelvis view real studies use spans from the caudal lumbar spine (v ≈ -1.4 body units above
+# the hips) to the stifles (v ≈ +2.3): centre the hips so that span fits, or is cut evenly when it
+# cannot (a hip-filling crop).
+WHOLE_VIEW_V = (-1.4, 2.3)
+
+
+def _whole_view_center_y(aspect_hw: float, inter_head_fraction: float) -> float:
+    visible = aspect_hw / inter_head_fraction  # image height in body units
+    top, bottom = WHOLE_VIEW_V
+    span = bottom - top
+    cranial = -top + 0.5 * (visible - span) if visible >= span else -top * visible / span
+    return cranial / visible
 
 
 def _uniform_na(rng: np.random.Generator, na_range: tuple[float, float]) -> tuple[float, float]:
@@ -286,3 +365,16 @@ DISTRIBUTIONS: dict[str, SpecSampler] = {
     "population": _sample_population,
     "tidy": partial(_sample_uniform, randomise=False),
 }
+
+
+def image_seed(set_seed: int, index: int) -> int:
+    """The seed of image ``index`` of a set made with ``set_seed``: one number that reproduces both the
+    image's spec (:func:`spec_for_seed`) and its pixels (``render_phantom(spec, seed)``)."""
+    return int(np.random.SeedSequence([int(set_seed), int(index)]).generate_state(1, np.uint32)[0])
+
+
+def spec_for_seed(
+    distribution: str, seed: int, *, image_size: int = 512, na_range: tuple[float, float] | None = None
+) -> PhantomSpec:
+    """The spec an image seed stands for under ``distribution`` (see :func:`image_seed`)."""
+    return sample_spec(distribution, np.random.default_rng(seed), image_size=image_size, na_range=na_range)
