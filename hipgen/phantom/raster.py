@@ -41,7 +41,7 @@ def _roi(shape: tuple[int, int], x0: float, y0: float, x1: float, y1: float):
     return (slice(iy0, iy1), slice(ix0, ix1)), xs, ys
 
 
-def _chords(dn2: np.ndarray, half_depth: np.ndarray | float, mat: Material) -> np.ndarray:
+def chords(dn2: np.ndarray, half_depth: np.ndarray | float, mat: Material) -> np.ndarray:
     """Path length through a shell at normalised squared distance ``dn2`` from the axis."""
     outer = np.sqrt(np.maximum(1.0 - dn2, 0.0))
     inner = np.sqrt(np.maximum(1.0 - dn2 / (mat.shell * mat.shell), 0.0)) * mat.shell
@@ -61,24 +61,7 @@ def add_tube(
     acc: np.ndarray, p0: Vec, p1: Vec, r0: float, r1: float, mat: Material, mode: str = "add"
 ) -> None:
     """A tapered cylinder (capsule) from ``p0`` to ``p1`` with radii ``r0`` → ``r1`` (pixels)."""
-    rmax = max(r0, r1)
-    box = _roi(
-        acc.shape,
-        min(p0[0], p1[0]) - rmax,
-        min(p0[1], p1[1]) - rmax,
-        max(p0[0], p1[0]) + rmax,
-        max(p0[1], p1[1]) + rmax,
-    )
-    if box is None or rmax <= 0:
-        return
-    sl, xs, ys = box
-    dx, dy = p1[0] - p0[0], p1[1] - p0[1]
-    L2 = dx * dx + dy * dy
-    rx, ry = xs - p0[0], ys - p0[1]
-    t = np.clip((rx * dx + ry * dy) / L2, 0.0, 1.0) if L2 > 0 else np.zeros_like(rx + ry)
-    d2 = (rx - t * dx) ** 2 + (ry - t * dy) ** 2
-    R = r0 + (r1 - r0) * t
-    _put(acc, sl, _chords(d2 / (R * R), R, mat), mode)
+    add_polyline_tube(acc, [p0, p1], [r0, r1], mat, mode)
 
 
 def add_ellipsoid(
@@ -104,7 +87,7 @@ def add_ellipsoid(
     u = (rx * ca + ry * sa) / a
     v = (-rx * sa + ry * ca) / b
     dn2 = u * u + v * v if power == 2.0 else (np.abs(u) ** power + np.abs(v) ** power) ** (2.0 / power)
-    _put(acc, sl, _chords(dn2, min(a, b) if depth is None else depth, mat), mode)
+    _put(acc, sl, chords(dn2, min(a, b) if depth is None else depth, mat), mode)
 
 
 def add_plate(
@@ -159,17 +142,19 @@ def smooth_outline(polygon: Sequence[Vec], rounds: int = 2) -> list[Vec]:
     return pts  # type: ignore[return-value]
 
 
+def polar(center: Vec, radius: float, angle_deg: float, axes: tuple[Vec, Vec]) -> Vec:
+    """The point at ``radius`` and ``angle_deg`` from ``center`` in the frame spanned by ``axes`` (unit
+    vectors for 0° and 90°) — how every angle about a femoral head is laid out."""
+    (ux, uy), (vx, vy) = axes
+    c, s = math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
+    return (center[0] + radius * (c * ux + s * vx), center[1] + radius * (c * uy + s * vy))
+
+
 def arc_points(
     center: Vec, radius: float, a0: float, a1: float, axes: tuple[Vec, Vec], n: int = 16
 ) -> list[Vec]:
-    """Points on a circular arc from angle ``a0`` to ``a1`` (degrees) in the frame spanned by ``axes``
-    (unit vectors for 0° and 90°)."""
-    (ux, uy), (vx, vy) = axes
-    out = []
-    for t in np.linspace(math.radians(a0), math.radians(a1), n):
-        c, s = math.cos(t), math.sin(t)
-        out.append((center[0] + radius * (c * ux + s * vx), center[1] + radius * (c * uy + s * vy)))
-    return out
+    """``n`` points on a circular arc from angle ``a0`` to ``a1`` (degrees), see :func:`polar`."""
+    return [polar(center, radius, float(a), axes) for a in np.linspace(a0, a1, n)]
 
 
 def polyline_field(xs: np.ndarray, ys: np.ndarray, pts: Sequence[Vec], radii: Sequence[float]):
@@ -203,12 +188,8 @@ def add_polyline_tube(
     box = _roi(
         acc.shape, xy[:, 0].min() - rmax, xy[:, 1].min() - rmax, xy[:, 0].max() + rmax, xy[:, 1].max() + rmax
     )
-    if box is None:
+    if box is None or rmax <= 0:
         return
     sl, xs, ys = box
     dn2, rad = polyline_field(xs, ys, pts, radii)
-    _put(acc, sl, _chords(dn2, rad, mat), mode)
-
-
-def chords(dn2: np.ndarray, half_depth: np.ndarray | float, mat: Material) -> np.ndarray:
-    return _chords(dn2, half_depth, mat)
+    _put(acc, sl, chords(dn2, rad, mat), mode)

@@ -29,6 +29,7 @@ from hipgen.phantom.raster import (
     add_tube,
     arc_points,
     chords,
+    polar,
     polyline_field,
     smooth_outline,
 )
@@ -137,13 +138,8 @@ def place_keypoints(spec: PhantomSpec) -> tuple[_Frame, HipKeypoints]:
         h, o = heads[side], heads[other]
         r = getattr(spec, f"head_radius_ratio_{side}") * D
         dist = getattr(spec, f"rim_ratio_{side}") * r
-        na = math.radians(getattr(spec, f"na_{side}"))
         m = ((o[0] - h[0]) / D, (o[1] - h[1]) / D)  # unit vector to the other head
-        cranial = (-ey[0], -ey[1])
-        out[f"{side}_rim"] = (
-            h[0] + dist * (math.cos(na) * m[0] + math.sin(na) * cranial[0]),
-            h[1] + dist * (math.cos(na) * m[1] + math.sin(na) * cranial[1]),
-        )
+        out[f"{side}_rim"] = polar(h, dist, getattr(spec, f"na_{side}"), (m, (-ey[0], -ey[1])))
         out[f"{side}_head"] = h
         out[f"{side}_radius"] = r
     return f, HipKeypoints(**out)  # type: ignore[arg-type]
@@ -236,20 +232,11 @@ def _acetabulum(bone: np.ndarray, f: _Frame, kp: HipKeypoints, side: int) -> Non
     phis = np.linspace(-105.0, rim_phi, 28)
     taper = np.clip((phis - (rim_phi - 50.0)) / 50.0, 0.0, 1.0)
     radii = 1.5 * r + (rim_rho - 1.5 * r) * taper * taper * (3 - 2 * taper)
-    outer = [
-        (
-            c0[0] + rr * (math.cos(math.radians(q)) * m[0] + math.sin(math.radians(q)) * cranial[0]),
-            c0[1] + rr * (math.cos(math.radians(q)) * m[1] + math.sin(math.radians(q)) * cranial[1]),
-        )
-        for q, rr in zip(phis, radii, strict=True)
-    ]
+    outer = [polar(c0, float(rr), float(q), axes) for q, rr in zip(phis, radii, strict=True)]
     inner = arc_points(c0, 0.98 * r, rim_phi - 6.0, -105.0, axes, 24)
     add_plate(bone, smooth_outline(outer + inner, 1), thickness=0.1 * f.D, cortex=0.22 * f.D, edge_px=0.2 * r)
     # dorsal acetabular rim: from the rim point caudally over the lateral third of the head
-    end = (
-        c0[0] + 1.05 * r * (math.cos(math.radians(-100)) * m[0] + math.sin(math.radians(-100)) * cranial[0]),
-        c0[1] + 1.05 * r * (math.cos(math.radians(-100)) * m[1] + math.sin(math.radians(-100)) * cranial[1]),
-    )
+    end = polar(c0, 1.05 * r, -100.0, axes)
     ctrl = (h[0] + 0.8 * r * lateral[0], h[1] + 0.8 * r * lateral[1])
     t = np.linspace(0.0, 1.0, 16)[:, None]
     dar = (1 - t) ** 2 * np.array(rim) + 2 * (1 - t) * t * np.array(ctrl) + t**2 * np.array(end)
@@ -482,6 +469,7 @@ def _display(
     if field is not None:
         primary *= field
         body = body & (field > 0.5)  # processing looks at the exposed anatomy only
+    body_s = body[::4, ::4]  # a quarter-resolution sample is plenty for exposure and window statistics
     # scatter: a broad glow proportional to the primary, computed small (it has no detail)
     k = 16
     small = cv2.resize(primary, (max(2, W // k), max(2, H // k)), interpolation=cv2.INTER_AREA)
@@ -494,7 +482,7 @@ def _display(
         )
         signal *= stripes[None, :] if spec.grid_vertical else stripes[:, None]
     # exposure set for the body: ``dose`` photons through average soft tissue
-    inside = A[::4, ::4][body[::4, ::4]]
+    inside = A[::4, ::4][body_s]
     n0 = spec.dose / max(float(np.exp(-inside).mean()) if inside.size else 1.0, 1e-6)
     counts = n0 * signal
     noisy = counts + np.sqrt(counts) * rng.standard_normal(A.shape, dtype=np.float32)  # quantum (Poisson)
@@ -510,12 +498,12 @@ def _display(
         w = cv2.resize(body.astype(np.float32), small_wh, interpolation=cv2.INTER_AREA)
         sig = max(low.shape) * 0.04
         low = cv2.GaussianBlur(low * w, (0, 0), sig) / np.maximum(cv2.GaussianBlur(w, (0, 0), sig), 1e-3)
-        ref = float(np.median(L[::4, ::4][body[::4, ::4]])) if inside.size else float(np.median(low))
+        ref = float(np.median(L[::4, ::4][body_s])) if inside.size else float(np.median(low))
         corr = cv2.GaussianBlur(w, (0, 0), 1.0) * (low - ref)  # only inside the body: air stays black
         L = L - spec.range_compression * cv2.resize(corr, (W, H), interpolation=cv2.INTER_LINEAR)
     # window from the anatomy, as CR/DR auto-ranging does: direct exposure (air), collimated borders
     # and lead are left out of the histogram, so air clips to black and borders to white
-    sample = L[::4, ::4][body[::4, ::4]]
+    sample = L[::4, ::4][body_s]
     lo, hi = np.percentile(sample, (0.5, 99.8)) if sample.size > 16 else np.percentile(L, (0.5, 99.8))
     lo = lo - 0.2 * (hi - lo)  # thin soft tissue at the skin stays dark grey rather than black
     width = max(float(hi - lo), 1e-3) / spec.contrast
