@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from rich.console import Console
@@ -70,8 +71,6 @@ def _probe(port: int) -> list[tuple[str, str, str]]:
         health = health_pb2_grpc.HealthStub(channel)
         db = ProtoReflectionDescriptorDatabase(channel)
         services = sorted(s for s in db.get_services() if s.startswith("hipgen."))
-        from google.protobuf import descriptor_pool
-
         pool = descriptor_pool.DescriptorPool(db)
         for name in services:
             status = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status
