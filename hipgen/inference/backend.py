@@ -1,0 +1,122 @@
+"""Inference backends (DESIGN §4): one protocol, ``infer(model, inputs) -> outputs``.
+
+``OrtBackend`` runs ``model_repository/<name>/<version>/model.onnx`` in-process on ONNX Runtime — the
+embedded default. Services depend on the protocol only, so a Triton backend slots in unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+MANIFEST = "MANIFEST.json"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The named model is not in the repository (or has no version)."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]  # str for symbolic dimensions such as the batch
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str  # the manifest's version (falls back to the repository version folder)
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    def infer(self, model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def ready(self, model: str | None = None) -> bool: ...
+
+    def model_info(self, model: str) -> ModelInfo: ...
+
+
+def read_manifest(repository: Path, name: str) -> dict[str, Any]:
+    path = Path(repository) / name / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def latest_version(repository: Path, name: str) -> Path:
+    model_dir = Path(repository) / name
+    versions = sorted((int(p.name), p) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit())
+    if not versions:
+        raise ModelNotFoundError(f"model {name!r} not found in {repository}")
+    return versions[-1][1]
+
+
+class OrtBackend:
+    """ONNX Runtime over a Triton-layout model repository; sessions load on first use and are shared
+    by all threads (``InferenceSession.run`` is thread-safe)."""
+
+    def __init__(
+        self,
+        repository: str | os.PathLike[str],
+        *,
+        threads: int | None = None,
+        providers: list[str] | None = None,
+    ) -> None:
+        self.repository = Path(repository)
+        self.threads = threads
+        self.providers = providers or ["CPUExecutionProvider"]
+        self._sessions: dict[str, Any] = {}
+        self._infos: dict[str, ModelInfo] = {}
+        self._lock = threading.Lock()
+
+    def _session(self, model: str) -> Any:
+        with self._lock:
+            if model not in self._sessions:
+                import onnxruntime as ort
+
+                version_dir = latest_version(self.repository, model)
+                path = version_dir / "model.onnx"
+                if not path.is_file():
+                    raise ModelNotFoundError(f"{path} is missing")
+                opts = ort.SessionOptions()
+                if self.threads:
+                    opts.intra_op_num_threads = self.threads
+                sess = ort.InferenceSession(str(path), sess_options=opts, providers=self.providers)
+                manifest = read_manifest(self.repository, model)
+                self._sessions[model] = sess
+                self._infos[model] = ModelInfo(
+                    name=model,
+                    version=str(manifest.get("version", version_dir.name)),
+                    inputs=tuple(TensorSpec(i.name, i.type, tuple(i.shape)) for i in sess.get_inputs()),
+                    outputs=tuple(TensorSpec(o.name, o.type, tuple(o.shape)) for o in sess.get_outputs()),
+                    manifest=manifest,
+                )
+            return self._sessions[model]
+
+    def infer(self, model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sess = self._session(model)
+        names = [o.name for o in sess.get_outputs()]
+        feed = {k: np.ascontiguousarray(v, np.float32) for k, v in inputs.items()}
+        return dict(zip(names, sess.run(names, feed), strict=True))
+
+    def model_info(self, model: str) -> ModelInfo:
+        self._session(model)
+        return self._infos[model]
+
+    def ready(self, model: str | None = None) -> bool:
+        try:
+            if model is None:
+                return self.repository.is_dir()
+            self._session(model)
+            return True
+        except (ModelNotFoundError, OSError):
+            return False
