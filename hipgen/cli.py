@@ -338,6 +338,422 @@ def grid(
     console.print(f"wrote {p}")
 
 
+train_app = typer.Typer(
+    no_args_is_help=True, help="Train models (needs the training stack: make setup-train)."
+)
+app.add_typer(train_app, name="train")
+
+
+def _training(module: str) -> Any:
+    """Import a training module, or say in one line how to get the training stack."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        raise _fail(f"training needs {e.name}: run `make setup-train`") from None
+
+
+@train_app.command("angle")
+def train_angle(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="run folder for checkpoints and evaluation")
+    ] = Path("runs/angle"),
+    count: Annotated[
+        int, typer.Option(min=1, help="phantoms to render (219 = the published train size)")
+    ] = 3000,
+    data: Annotated[
+        Path | None, typer.Option(help="train on this labelled folder instead of phantoms")
+    ] = None,
+    seed: int = 0,
+    backbone: str = "mobilenet_v3_large",
+    head: Annotated[
+        str, typer.Option(help="heatmap (soft-argmax) | regression (published baseline)")
+    ] = "heatmap",
+    locator_steps: Annotated[int, typer.Option(min=0)] = 1500,
+    keypoint_steps: Annotated[int, typer.Option(min=0)] = 3000,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    test_count: Annotated[int, typer.Option(min=0, help="fresh held-out phantoms to evaluate on")] = 300,
+    shifted_count: Annotated[int, typer.Option(min=0, help="fresh shifted phantoms to evaluate on")] = 200,
+    weights: Annotated[
+        Path | None, typer.Option(help="local torchvision state dict for the backbone")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="render processes")] = 2,
+    resume: Annotated[
+        Path | None, typer.Option(help="continue from this run folder (0 steps reuses that stage as is)")
+    ] = None,
+) -> None:
+    """Train the angle models (locator + hip keypoints/classifier) and evaluate them."""
+    recipe_mod = _training("training.angle.recipe")
+    models = _training("training.angle.models")
+    with _user_errors():
+        models.check_backbone(backbone)
+        models.check_head(head)
+    if data is not None and not data.exists():
+        raise _fail(f"{data}: no such folder")
+    if weights is not None and not weights.is_file():
+        raise _fail(f"{weights}: no such file")
+    recipe = recipe_mod.AngleRecipe(
+        count=count,
+        seed=seed,
+        data=str(data) if data else None,
+        backbone=backbone,
+        head=head,
+        locator_steps=locator_steps,
+        keypoint_steps=keypoint_steps,
+        batch_size=batch_size,
+        test_count=test_count,
+        shifted_count=shifted_count,
+        weights=str(weights) if weights else None,
+        workers=workers,
+        resume=str(resume) if resume else None,
+    )
+    if resume is not None and not (resume / "keypoints.pt").is_file():
+        raise _fail(f"{resume}: not a `hipgen train angle` run folder (no keypoints.pt)")
+    with _user_errors():
+        report = recipe_mod.run(recipe, out)
+    _print_eval(report["eval"])
+    console.print(f"wrote {out}/locator.pt, {out}/keypoints.pt, {out}/eval.json, {out}/eval.png")
+
+
+@app.command()
+def screen(
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("runs/screen"),
+    backbones: Annotated[
+        str, typer.Option(help="comma-separated torchvision names; 'all' = the default list")
+    ] = "all",
+    heads: Annotated[str, typer.Option(help="heatmap, regression or both (comma-separated)")] = "heatmap",
+    model_repo: Annotated[
+        Path, typer.Option(help="repository with the angle_locator every candidate shares")
+    ] = Path("model_repository"),
+    count: Annotated[int, typer.Option(min=1)] = 800,
+    test_count: Annotated[int, typer.Option(min=1)] = 150,
+    steps: Annotated[int, typer.Option(min=1)] = 400,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    max_seconds: Annotated[float, typer.Option(min=1, help="wall-clock cap per architecture")] = 150.0,
+    seed: int = 0,
+) -> None:
+    """Screen backbones for the hip keypoint model under one budget: CSV, markdown and a plot."""
+    mod = _training("training.angle.screen")
+    from hipgen.angle.measure import measurer_from_backend
+    from hipgen.inference.backend import OrtBackend
+    from training.angle.data import render_set
+    from training.angle.models import SCREEN_BACKBONES
+    from training.angle.recipe import TEST_SEED_OFFSET
+
+    names = (
+        list(SCREEN_BACKBONES)
+        if backbones == "all"
+        else [b.strip() for b in backbones.split(",") if b.strip()]
+    )
+    head_list = [h.strip() for h in heads.split(",") if h.strip()]
+    models = _training("training.angle.models")
+    with _user_errors():
+        for name in names:
+            models.check_backbone(name)
+        for head in head_list:
+            models.check_head(head)
+        if not names or not head_list:
+            raise ValueError("name at least one backbone and one head")
+        located = measurer_from_backend(OrtBackend(model_repo))
+        data = render_set(count, seed)
+        test = render_set(test_count, seed + TEST_SEED_OFFSET, distribution="population")
+        budget = mod.ScreenBudget(steps=steps, batch_size=batch_size, max_seconds=max_seconds, seed=seed)
+        rows = mod.screen(
+            names,
+            head_list,
+            data,
+            test,
+            located.locator,
+            budget,
+            pipeline=located.config,
+            on_row=lambda r: console.print(f"{r['backbone']} {r['head']}: MAE {r['mae']:.2f}°"),
+        )
+        note = (
+            f"`{' '.join(sys.argv)}` — {count} training phantoms, {test_count} held-out population phantoms, "
+            f"{steps} steps × batch {batch_size}, cap {max_seconds:.0f} s per architecture, "
+            f"shared locator from {model_repo}."
+        )
+        paths = mod.write_reports(rows, out, note=note)
+    console.print(f"wrote {', '.join(map(str, paths))}")
+
+
+evaluate_app = typer.Typer(no_args_is_help=True, help="Evaluate deployed models (ONNX) on labelled data.")
+app.add_typer(evaluate_app, name="evaluate")
+
+
+@evaluate_app.command("angle")
+def evaluate_angle(
+    data: Annotated[
+        Path | None, typer.Option(help="your labelled folder (any supported format); default: fresh phantoms")
+    ] = None,
+    repo: Annotated[Path, typer.Option("--repo", help="model repository")] = Path("model_repository"),
+    model: str = "angle_keypoints",
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for eval.json and eval.png")] = Path(
+        "runs/eval"
+    ),
+    test_count: Annotated[int, typer.Option(min=0)] = 300,
+    shifted_count: Annotated[int, typer.Option(min=0)] = 200,
+    seed: int = 0,
+) -> None:
+    """Measure a labelled set with the exported models and report NA and classifier metrics."""
+    rec = _training("training.angle.recipe")
+    from hipgen.angle.measure import measurer_from_backend
+    from hipgen.inference.backend import OrtBackend
+    from training.angle.data import load_folder
+    from training.angle.evaluate import plot
+
+    if data is not None and not data.exists():
+        raise _fail(f"{data}: no such folder")
+    if data is None and test_count == 0 and shifted_count == 0:
+        raise _fail("nothing to evaluate: give --data or a non-zero --test-count/--shifted-count")
+    with _user_errors():
+        measurer = measurer_from_backend(OrtBackend(repo), model)
+        if data is not None:
+            sets = {data.name: load_folder(data)}
+        else:
+            sets = rec.test_sets(
+                rec.AngleRecipe(seed=seed, test_count=test_count, shifted_count=shifted_count)
+            )
+        evals = rec.evaluate_sets(measurer, sets)
+        out.mkdir(parents=True, exist_ok=True)
+        report = {
+            "command": " ".join(sys.argv),
+            "model": model,
+            "eval": {k: e.metrics for k, e in evals.items()},
+        }
+        (out / "eval.json").write_text(json.dumps(report, indent=2))
+        plot(evals, out / "eval.png")
+    _print_eval(report["eval"])
+    console.print(f"wrote {out}/eval.json, {out}/eval.png")
+
+
+export_app = typer.Typer(no_args_is_help=True, help="Export trained models to the model repository.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("angle")
+def export_angle(
+    run: Annotated[Path, typer.Argument(help="a `hipgen train angle` run folder")],
+    repo: Annotated[Path, typer.Option("--repo", help="model repository to write")] = Path(
+        "model_repository"
+    ),
+    version: Annotated[str | None, typer.Option(help="model version (default: today's date)")] = None,
+) -> None:
+    """Export the locator and keypoint models to ONNX with config.pbtxt and MANIFEST.json."""
+    mod = _training("training.angle.export")
+    if not (run / "keypoints.pt").is_file() or not (run / "locator.pt").is_file():
+        raise _fail(f"{run}: no locator.pt/keypoints.pt (run `hipgen train angle --out {run}` first)")
+    with _user_errors():
+        dirs = mod.export_run(run, repo, version=version)
+    for d in dirs:
+        console.print(f"wrote {d}")
+
+
+def _print_eval(evals: dict[str, Any]) -> None:
+    table = Table("set", "images", "MAE °", "RMSE °", "R²", "≤3°", "≤5°", "≤10°", "cls acc", "AUC", "ECE")
+    for name, m in evals.items():
+        na, c = m["na"], m["classifier_side"]
+        table.add_row(
+            name,
+            str(m["n_images"]),
+            f"{na['mae']:.2f}",
+            f"{na['rmse']:.2f}",
+            f"{na['r2']:.3f}",
+            f"{na['within_3']:.1%}",
+            f"{na['within_5']:.1%}",
+            f"{na['within_10']:.1%}",
+            f"{c['accuracy']:.1%}",
+            f"{c['auc']:.3f}",
+            f"{c['ece']:.3f}",
+        )
+    Console().print(table)
+
+
+# --- measure: Norberg angles of radiographs in-process (the AngleService pipeline, no server) --------
+MEASURE_CHUNK = 16  # images per measure call: the batch the service uses
+
+
+@app.command()
+def measure(
+    images: Annotated[list[Path], typer.Argument(help="radiographs: PNG, JPEG, TIFF or DICOM files")],
+    model_repo: Annotated[
+        Path | None,
+        typer.Option("--model-repo", help="model repository (default: the model_repository setting)"),
+    ] = None,
+    model: Annotated[str, typer.Option(help="angle keypoint model in the repository")] = "angle_keypoints",
+    overlays: Annotated[
+        Path | None, typer.Option("--overlays", help="folder for one <stem>_overlay.png per image")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one label record per line")] = False,
+    scheme: Annotated[str, typer.Option(help="grading scheme: fci | bva")] = "fci",
+    threshold: Annotated[float, typer.Option(help="Big/Small threshold, degrees")] = 105.0,
+) -> None:
+    """Measure both Norberg angles of radiographs with the deployed angle models (no server needed).
+
+    An image that cannot be measured gets a red line; the others are still measured (exit code 1).
+
+    Exit code 2: nothing ran (bad options, missing files or models).
+    """
+    import math
+
+    from hipgen import anatomy
+    from hipgen.settings import get_settings
+
+    scheme = scheme.strip().lower()
+    if scheme not in anatomy.GRADING_SCHEMES:
+        raise _fail(f"--scheme {scheme!r} is not one of {', '.join(sorted(anatomy.GRADING_SCHEMES))}")
+    if not (math.isfinite(threshold) and 0.0 < threshold < 180.0):
+        raise _fail(f"--threshold must be an angle in (0, 180) degrees, got {threshold}")
+    stems = [p.stem for p in images]
+    if overlays is not None and len(set(stems)) < len(stems):
+        raise _fail("--overlays: two images share a file stem, so their overlays would overwrite each other")
+    for path in images:
+        if not path.is_file():
+            raise _fail(f"{path}: no such file")
+    repo = model_repo if model_repo is not None else get_settings().model_repository
+    measurer = _angle_measurer(repo, model)
+    rows = []
+    failed = 0
+    for start in range(0, len(images), MEASURE_CHUNK):
+        for path, outcome in _measure_chunk(measurer, images[start : start + MEASURE_CHUNK]):
+            error = outcome if isinstance(outcome, str) else None
+            if not isinstance(outcome, str):
+                rad, m = outcome
+                try:
+                    rec = _measured_record(path, rad, m, scheme=scheme, threshold=threshold)
+                    if overlays is not None:
+                        _write_overlay(overlays / f"{path.stem}_overlay.png", rad.pixels, rec, m)
+                except (ValueError, OSError) as e:
+                    error = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if error is not None:  # this image only: report it and go on with the others
+                failed += 1
+                console.print(f"[red]error:[/red] {path}: {error}", highlight=False, soft_wrap=True)
+                continue
+            if as_json:
+                print(json.dumps(rec.to_dict()), flush=True)
+            rows.append((rec, m))
+    if not as_json and rows:
+        _print_measurements(rows)
+    if overlays is not None:
+        console.print(f"wrote {len(rows)} overlays to {overlays}")
+    if failed:
+        console.print(f"[red]{failed} of {len(images)} images could not be measured[/red]", highlight=False)
+        raise typer.Exit(1)
+
+
+def _angle_measurer(repo: Path, model: str) -> Any:
+    """The measurer of ``model`` (and the locator its manifest names), or one red line saying what is
+    missing and how to get it."""
+    from hipgen.angle.measure import NotAnAngleModelError, measurer_from_backend
+    from hipgen.inference.backend import ModelNotFoundError, OrtBackend
+
+    try:
+        return measurer_from_backend(OrtBackend(repo), model)
+    except NotAnAngleModelError as e:
+        raise _fail(f"{repo}/{model}: {e}") from None
+    except ModelNotFoundError as e:  # the model, or the locator its manifest names
+        raise _fail(f"{e} (train and export one: `hipgen train angle`, `hipgen export angle`)") from None
+    except Exception as e:  # an unreadable ONNX file or manifest
+        why = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e).strip() else type(e).__name__
+        raise _fail(f"{repo}/{model}: cannot load the model ({why})") from None
+
+
+def _measure_chunk(measurer: Any, paths: list[Path]) -> list[tuple[Path, tuple[Any, Any] | str]]:
+    """Read and measure a few images in one call: per path, ``(radiograph, measurement)`` or why it has
+    none (one unreadable or unmeasurable image never costs the others theirs)."""
+    from hipgen.angle.measure import MIN_SIDE
+    from hipgen.data.images import read_image
+
+    out: list[tuple[Path, tuple[Any, Any] | str]] = []
+    readable: list[tuple[int, Any]] = []  # (index in out, radiograph)
+    for path in paths:
+        try:
+            rad = read_image(path)
+        except InputError as e:
+            out.append((path, e.reason))
+            continue
+        h, w = rad.pixels.shape
+        if min(h, w) < MIN_SIDE:
+            out.append((path, f"image is {w}x{h} pixels; at least {MIN_SIDE} on each side"))
+            continue
+        readable.append((len(out), rad))
+        out.append((path, ""))
+    measured = _measure_decoded(measurer, [rad for _, rad in readable])
+    for (i, rad), m in zip(readable, measured, strict=True):
+        out[i] = (paths[i], m if isinstance(m, str) else (rad, m))
+    return out
+
+
+def _measure_decoded(measurer: Any, rads: list[Any]) -> list[Any]:
+    """One measure call over decoded images: per image its measurement or why it has none. When the
+    call fails, the images are measured one by one, so only the culprit fails."""
+    if not rads:
+        return []
+    try:
+        return list(measurer.measure([r.pixels for r in rads]))
+    except Exception as e:
+        if len(rads) > 1:
+            return [_measure_decoded(measurer, [r])[0] for r in rads]
+        first = str(e).splitlines()[0] if str(e) else ""
+        if isinstance(e, (ValueError, ArithmeticError)):  # the geometry: coinciding or non-finite points
+            return [f"no measurable pair of hips ({first})"]
+        return [f"measurement failed ({type(e).__name__}: {first})"]  # still only this image's failure
+
+
+def _measured_record(path: Path, rad: Any, m: Any, *, scheme: str, threshold: float) -> Any:
+    """The label record of one measurement, with the provenance of hipgen's synthetic marker; ValueError
+    when the model's points are not finite (the service refuses them too)."""
+    import math
+
+    from hipgen.data.images import synthetic_provenance
+    from hipgen.data.record import LabelRecord
+
+    marker = synthetic_provenance(rad)
+    rec = LabelRecord.from_keypoints(
+        path.name,
+        m.keypoints,
+        threshold=threshold,
+        scheme=scheme,
+        **(marker.as_fields() if marker is not None else {}),
+    )
+    values = [rec.na_left, rec.na_right, rec.left_radius, rec.right_radius, m.prob_big_left, m.prob_big_right]
+    values += [*m.keypoints.left_head, *m.keypoints.right_head, *m.keypoints.left_rim, *m.keypoints.right_rim]
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError("no measurable pair of hips (the model returned non-finite keypoints)")
+    return rec
+
+
+def _write_overlay(path: Path, pixels: Any, rec: Any, m: Any) -> None:
+    from hipgen.angle.overlay import overlay_png
+    from hipgen.data.images import write_atomic
+
+    png = overlay_png(
+        pixels,
+        m.keypoints,
+        na_left=rec.na_left,
+        na_right=rec.na_right,
+        prob_big_left=m.prob_big_left,
+        prob_big_right=m.prob_big_right,
+    )
+    write_atomic(path, png)
+
+
+def _print_measurements(rows: list[tuple[Any, Any]]) -> None:
+    table = Table("file", "NA R °", "NA L °", "class R", "class L", "P(big) R", "P(big) L")
+    for rec, m in rows:
+        table.add_row(
+            rec.file_name,
+            f"{rec.na_right:.1f}",
+            f"{rec.na_left:.1f}",
+            f"{rec.class_right}/{rec.grade_right}",
+            f"{rec.class_left}/{rec.grade_left}",
+            f"{m.prob_big_right:.2f}",
+            f"{m.prob_big_left:.2f}",
+        )
+    Console().print(table)
+
+
 @app.command()
 def version() -> None:
     """Print the hipgen version."""

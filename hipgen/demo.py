@@ -3,7 +3,13 @@
 Steps: (1) render phantoms into ``<out_dir>/phantoms`` (image folder + metadata.csv + manifest) and a
 labelled sample grid; (2) start ``python -m services.server`` on a free local port; (3) check health for
 every service, list them through server reflection and call each once (services whose issues have not
-landed answer UNIMPLEMENTED); (4) print what is where and stop the server.
+landed answer UNIMPLEMENTED); (4) measure a few of the phantoms through AngleService (one PredictAngle,
+the rest over one StreamPredictAngle), print true vs measured Norberg angles and write the overlays to
+``<out_dir>/angle_overlays``; (5) print what is where and stop the server.
+
+The angle models come from the ``model_repository`` setting (``HIPGEN_MODEL_REPOSITORY``). The demo
+prints the numbers without judging them (a development repository may hold untrained models), but any
+error the service answers fails it.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from hipgen.settings import get_settings
 
 console = Console()
 COUNT = 24
+ANGLE_COUNT = 6  # phantoms measured through AngleService
 
 
 def _start_server(env: dict[str, str]) -> tuple[subprocess.Popen[str], int, list[str]]:
@@ -98,6 +105,69 @@ def _probe(port: int) -> list[tuple[str, str, str]]:
     return rows
 
 
+class AngleDemoError(RuntimeError):
+    """AngleService answered an error: the demo fails with its message."""
+
+
+def _angle_request(path: Path):  # -> angle_pb2.PredictAngleRequest
+    from hipgen.api.v1 import angle_pb2, common_pb2
+
+    image = common_pb2.Image(
+        data=path.read_bytes(), encoding=common_pb2.IMAGE_ENCODING_PNG, file_name=path.name
+    )
+    return angle_pb2.PredictAngleRequest(image=image, include_overlay=True)
+
+
+def _measure_angles(port: int, files: list[Path]) -> list:
+    """AngleService responses for ``files`` in order: the first by PredictAngle, the rest over one
+    StreamPredictAngle (both RPCs a client uses). Raises :class:`AngleDemoError` on any error."""
+    from hipgen.api.v1 import angle_pb2, angle_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = angle_pb2_grpc.AngleServiceStub(channel)
+        try:
+            responses = [stub.PredictAngle(_angle_request(files[0]), timeout=60)]
+            items = (
+                angle_pb2.StreamPredictAngleRequest(item_id=p.name, request=_angle_request(p))
+                for p in files[1:]
+            )
+            for item in stub.StreamPredictAngle(items, timeout=120):
+                if item.HasField("error"):
+                    raise AngleDemoError(f"StreamPredictAngle {item.item_id}: {item.error.message}")
+                responses.append(item.result)
+        except grpc.RpcError as e:
+            raise AngleDemoError(f"AngleService: {e.code().name}: {e.details()}") from None
+    if len(responses) != len(files):
+        raise AngleDemoError(f"AngleService answered {len(responses)} of {len(files)} images")
+    return responses
+
+
+def _angle_table(entries: list, responses: list, overlays: Path) -> Table:
+    """True vs measured NA per phantom; writes each overlay PNG into ``overlays``."""
+    from hipgen.data.images import write_atomic
+
+    table = Table(title="AngleService on phantoms: Norberg angle true / measured (degrees)")
+    for col in ("file", "right", "left", "class R/L", "P(big) R/L"):
+        table.add_column(col, no_wrap=True)
+    for entry, resp in zip(entries, responses, strict=True):
+        rec, label = entry.record, resp.label
+        write_atomic(overlays / f"{Path(entry.path).stem}_overlay.png", resp.overlay_png)
+        table.add_row(
+            Path(entry.path).stem,
+            f"{rec.na_right:.1f} / {label.na_right:.1f}",
+            f"{rec.na_left:.1f} / {label.na_left:.1f}",
+            f"{_class_name(label.class_right)}/{_class_name(label.class_left)}",
+            f"{resp.probability_big_right:.2f}/{resp.probability_big_left:.2f}",
+        )
+    return table
+
+
+def _class_name(value: int) -> str:
+    from hipgen.api.v1 import common_pb2
+
+    return common_pb2.HipClass.Name(value).removeprefix("HIP_CLASS_").lower()
+
+
 def main() -> int:
     from hipgen.phantom.dataset import write_phantom_set
     from hipgen.phantom.figure import write_sample_grid
@@ -118,8 +188,17 @@ def main() -> int:
 
     env = {**os.environ, "HIPGEN_METRICS_PORT": "0", "HIPGEN_GRACE_PERIOD_S": "2"}
     proc, port, _ = _start_server(env)
+    angle_entries = [f for f in manifest.files if f.record is not None][:ANGLE_COUNT]
+    overlays = out / "angle_overlays"
+    if overlays.exists():
+        shutil.rmtree(overlays)
+    angle_error = None
     try:
         rows = _probe(port)
+        try:
+            responses = _measure_angles(port, [data / f.path for f in angle_entries])
+        except AngleDemoError as e:
+            angle_error = str(e)
     finally:
         proc.terminate()
         try:
@@ -133,10 +212,23 @@ def main() -> int:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    if angle_error is None:
+        console.print(_angle_table(angle_entries, responses, overlays))
+    else:
+        console.print(f"[red]AngleService failed:[/red] {angle_error}", highlight=False, soft_wrap=True)
+        console.print(
+            f"(models are read from {settings.model_repository}; set HIPGEN_MODEL_REPOSITORY to a repository "
+            "with angle_keypoints + angle_locator, or train and export them: `hipgen train angle`, "
+            "`hipgen export angle`)",
+            highlight=False,
+            soft_wrap=True,
+        )
 
     where = Table(title="what is where", show_header=False)
     where.add_row("phantom data set", f"{data}/ (PNG + metadata.csv + phantom_specs.jsonl + manifest.json)")
     where.add_row("sample grid", str(grid))
+    if angle_error is None:
+        where.add_row("angle overlays", f"{overlays}/ ({len(angle_entries)} PNGs from AngleService)")
     where.add_row("server", f"127.0.0.1:{port} (stopped; `make serve` keeps one running on :{settings.port})")
     small = sum(r.class_left == "small" or r.class_right == "small" for r in recs)
     where.add_row(
@@ -146,7 +238,7 @@ def main() -> int:
         f"{max(max(r.na_left, r.na_right) for r in recs):.1f}°",
     )
     console.print(where)
-    ok = all(h == "SERVING" for _, h, _ in rows) and len(rows) == 4
+    ok = all(h == "SERVING" for _, h, _ in rows) and len(rows) == 4 and angle_error is None
     console.print("[green]demo OK[/green]" if ok else "[red]demo found a problem[/red]")
     return 0 if ok else 1
 

@@ -46,8 +46,20 @@ log = logging.getLogger("services.server")
 
 # --- servicer factories: one per service; each issue replaces its own ---------------------------------
 def angle_servicer(settings: Settings) -> angle_pb2_grpc.AngleServiceServicer:
-    """AngleService (UNIMPLEMENTED until the angle-service issue lands)."""
-    return angle_pb2_grpc.AngleServiceServicer()
+    """AngleService on the embedded ONNX Runtime backend over ``settings.model_repository``, measuring
+    with ``hipgen.angle.measure.DEFAULT_ANGLE_MODEL`` unless a request names another model.
+
+    The models load now, not on the first request. Without them the server still starts (and health
+    still says SERVING, so the other services stay reachable): a warning is logged and PredictAngle
+    answers FAILED_PRECONDITION naming the missing model.
+    """
+    from hipgen.angle.measure import DEFAULT_ANGLE_MODEL
+    from hipgen.inference.backend import OrtBackend
+    from services.angle import AngleServicer
+
+    servicer = AngleServicer(OrtBackend(settings.model_repository), DEFAULT_ANGLE_MODEL, settings)
+    servicer.warm_up()
+    return servicer
 
 
 def generate_servicer(settings: Settings) -> generate_pb2_grpc.GenerateServiceServicer:

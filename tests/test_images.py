@@ -9,7 +9,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hipgen.data.images import decode_image_bytes, encode_jpeg, encode_png, read_image, to_uint, write_atomic
+from hipgen.data.dicom import write_synthetic_dicom
+from hipgen.data.imagefolder import ImageFolderWriter
+from hipgen.data.images import (
+    PROVENANCE_MAX_CHARS,
+    Provenance,
+    decode_image_bytes,
+    encode_jpeg,
+    encode_png,
+    read_image,
+    synthetic_provenance,
+    to_uint,
+    write_atomic,
+)
+from hipgen.data.record import LabelRecord
 from hipgen.errors import CorruptFileError, ImageTooLargeError, InputError, UnsupportedImageError
 
 RNG = np.random.default_rng(0)
@@ -95,3 +108,73 @@ def test_write_atomic_replaces_whole_files_and_leaves_no_temp(tmp_path):
     write_atomic(p, b"second")
     assert p.read_bytes() == b"second"
     assert os.listdir(p.parent) == ["f.bin"]
+
+
+# --- the synthetic marker read back -----------------------------------------------------------------
+def _record(name: str, **provenance) -> LabelRecord:
+    return LabelRecord(
+        file_name=name,
+        text="",
+        na_left=100.0,
+        na_right=110.0,
+        left_head_x=30.0,
+        left_head_y=20.0,
+        right_head_x=10.0,
+        right_head_y=20.0,
+        left_rim_x=35.0,
+        left_rim_y=12.0,
+        right_rim_x=5.0,
+        right_rim_y=12.0,
+        left_radius=4.0,
+        right_radius=4.0,
+        class_left="small",
+        class_right="big",
+        grade_left="C",
+        grade_right="A",
+        **provenance,
+    )
+
+
+def test_synthetic_provenance_of_the_imagefolder_writers_png(tmp_path):
+    writer = ImageFolderWriter(tmp_path, bits=16)
+    writer.add(_record("a.png", synthetic=True, generator="phantom", model_version="v2", seed=7), PIXELS)
+    writer.add(_record("real.png"), PIXELS)
+    writer.close()
+    assert synthetic_provenance(read_image(tmp_path / "a.png")) == Provenance(True, "phantom", "v2", 7)
+    assert synthetic_provenance(read_image(tmp_path / "real.png")) is None
+    marker = synthetic_provenance(read_image(tmp_path / "a.png"))
+    assert marker is not None and marker.as_fields() == {
+        "synthetic": True,
+        "generator": "phantom",
+        "model_version": "v2",
+        "seed": 7,
+    }
+
+
+def test_synthetic_provenance_of_a_synthetic_dicom(tmp_path):
+    p = tmp_path / "x.dcm"
+    write_synthetic_dicom(
+        p, PIXELS, record=None, generator="phantom", model_version="m1", seed=2**63, pixel_spacing_mm=None
+    )
+    assert synthetic_provenance(read_image(p)) == Provenance(True, "phantom", "m1", 2**63)
+
+
+def test_plain_png_and_jpeg_carry_no_provenance():
+    assert synthetic_provenance(decode_image_bytes(encode_png(PIXELS), source="p.png")) is None
+    assert synthetic_provenance(decode_image_bytes(encode_jpeg(PIXELS), source="p.jpg")) is None
+
+
+@pytest.mark.parametrize(
+    ("seed", "kept"), [("12", 12), (" 5 ", 5), ("-1", None), (str(2**64), None), ("x1", None), ("", None)]
+)
+def test_synthetic_provenance_is_checked_like_untrusted_input(seed, kept):
+    text = {"hipgen:synthetic": "TRUE", "hipgen:generator": "g" * 500, "hipgen:seed": seed}
+    marker = synthetic_provenance(decode_image_bytes(encode_png(PIXELS, text=text), source="t.png"))
+    assert marker is not None and marker.seed == kept and marker.model_version is None
+    assert marker.generator == "g" * PROVENANCE_MAX_CHARS
+    assert "seed" not in marker.as_fields() if kept is None else marker.as_fields()["seed"] == kept
+
+
+def test_a_false_synthetic_flag_is_no_marker():
+    text = {"hipgen:synthetic": "false", "hipgen:generator": "phantom"}
+    assert synthetic_provenance(decode_image_bytes(encode_png(PIXELS, text=text), source="f.png")) is None

@@ -144,6 +144,51 @@ def _grey_from_rgb(rgb: np.ndarray, source: str) -> np.ndarray:
     return (a.mean(axis=-1) / 255.0).astype(np.float32)
 
 
+# --- provenance -------------------------------------------------------------------------------------
+PROVENANCE_MAX_CHARS = 200  # longest generator / model_version string read back from a file
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """hipgen's synthetic marker read back from a file: the label record's provenance fields."""
+
+    synthetic: bool = True
+    generator: str | None = None
+    model_version: str | None = None
+    seed: int | None = None
+
+    def as_fields(self) -> dict[str, Any]:
+        """The known fields, as keyword arguments of a label record (``LabelRecord.from_keypoints``)."""
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+def synthetic_provenance(rad: Radiograph) -> Provenance | None:
+    """The synthetic marker of a decoded file, or None for a real radiograph (or one without a marker).
+
+    Reads the ``hipgen:*`` PNG text chunks (:func:`hipgen.data.imagefolder.png_text`) or the DICOM
+    metadata keys (the private block of :func:`hipgen.data.dicom.write_synthetic_dicom`, or Conversion
+    Type SYN). The file is untrusted: strings are cut to :data:`PROVENANCE_MAX_CHARS` characters and a
+    seed that is not an integer in [0, 2**64) is dropped. JPEG carries no marker.
+    """
+    meta = rad.metadata
+    prefix = "" if rad.format == "dicom" else "hipgen:"
+    flag = meta.get(f"{prefix}synthetic")
+    if not (flag is True or str(flag).strip().lower() == "true"):
+        return None
+    text = {}
+    for key in ("generator", "model_version"):
+        value = meta.get(f"{prefix}{key}")
+        if value not in (None, ""):
+            text[key] = str(value)[:PROVENANCE_MAX_CHARS]
+    try:
+        seed: int | None = int(str(meta.get(f"{prefix}seed", "")).strip())
+    except ValueError:
+        seed = None
+    if seed is not None and not 0 <= seed < 2**64:
+        seed = None
+    return Provenance(True, text.get("generator"), text.get("model_version"), seed)
+
+
 # --- writing ---------------------------------------------------------------------------------------
 def to_uint(pixels: np.ndarray, bits: int) -> np.ndarray:
     """float [0, 1] → uint8/uint16 with rounding (the inverse of reading)."""
