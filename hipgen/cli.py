@@ -494,7 +494,9 @@ def evaluate_angle(
     ),
     test_count: Annotated[int, typer.Option(min=0)] = 300,
     shifted_count: Annotated[int, typer.Option(min=0)] = 200,
+    hires_count: Annotated[int, typer.Option(min=0, help="in-distribution phantoms at 1024 px")] = 100,
     seed: int = 0,
+    record: Annotated[bool, typer.Option(help="write the metrics into the model's MANIFEST.json")] = False,
 ) -> None:
     """Measure a labelled set with the exported models and report NA and classifier metrics."""
     rec = _training("training.angle.recipe")
@@ -505,7 +507,7 @@ def evaluate_angle(
 
     if data is not None and not data.exists():
         raise _fail(f"{data}: no such folder")
-    if data is None and test_count == 0 and shifted_count == 0:
+    if data is None and test_count == 0 and shifted_count == 0 and hires_count == 0:
         raise _fail("nothing to evaluate: give --data or a non-zero --test-count/--shifted-count")
     with _user_errors():
         measurer = measurer_from_backend(OrtBackend(repo), model)
@@ -513,7 +515,9 @@ def evaluate_angle(
             sets = {data.name: load_folder(data)}
         else:
             sets = rec.test_sets(
-                rec.AngleRecipe(seed=seed, test_count=test_count, shifted_count=shifted_count)
+                rec.AngleRecipe(
+                    seed=seed, test_count=test_count, shifted_count=shifted_count, hires_count=hires_count
+                )
             )
         evals = rec.evaluate_sets(measurer, sets)
         out.mkdir(parents=True, exist_ok=True)
@@ -524,8 +528,21 @@ def evaluate_angle(
         }
         (out / "eval.json").write_text(json.dumps(report, indent=2))
         plot(evals, out / "eval.png")
+        if record:
+            _record_metrics(repo / model / "MANIFEST.json", report, data)
     _print_eval(report["eval"])
     console.print(f"wrote {out}/eval.json, {out}/eval.png")
+
+
+def _record_metrics(manifest_path: Path, report: dict[str, Any], data: Path | None) -> None:
+    """Put an evaluation of the deployed (ONNX) pipeline into the model's MANIFEST, with its command."""
+    manifest = json.loads(manifest_path.read_text())
+    manifest["metrics"] = report["eval"]
+    manifest["evaluation"] = {
+        "command": report["command"],
+        "sets": f"labelled folder {data.name}" if data else "fresh phantoms never used in training",
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
 
 
 export_app = typer.Typer(no_args_is_help=True, help="Export trained models to the model repository.")
@@ -539,13 +556,16 @@ def export_angle(
         "model_repository"
     ),
     version: Annotated[str | None, typer.Option(help="model version (default: today's date)")] = None,
+    test_frames: Annotated[
+        int, typer.Option(min=1, max=8, help="frames per hip averaged at inference (test-time augmentation)")
+    ] = 4,
 ) -> None:
     """Export the locator and keypoint models to ONNX with config.pbtxt and MANIFEST.json."""
     mod = _training("training.angle.export")
     if not (run / "keypoints.pt").is_file() or not (run / "locator.pt").is_file():
         raise _fail(f"{run}: no locator.pt/keypoints.pt (run `hipgen train angle --out {run}` first)")
     with _user_errors():
-        dirs = mod.export_run(run, repo, version=version)
+        dirs = mod.export_run(run, repo, version=version, test_frames=test_frames)
     for d in dirs:
         console.print(f"wrote {d}")
 

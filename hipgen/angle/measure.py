@@ -66,6 +66,20 @@ class MeasurerConfig:
     crop_size: int = CROP_SIZE
     crop_span: float = CROP_SPAN
     refine_passes: int = 2  # re-crop around the refined head centres: the frame then sits on the head
+    test_frames: int = 1  # frames per hip in the last pass (turned/scaled a little), points averaged
+
+
+# (scale, turn in degrees) of the test-time frames: within what the model saw in training
+_TEST_FRAMES = (
+    (1.0, 0.0),
+    (1.06, 4.0),
+    (0.94, -4.0),
+    (1.0, -4.0),
+    (0.94, 4.0),
+    (1.06, -4.0),
+    (1.0, 4.0),
+    (1.06, 0.0),
+)
 
 
 class AngleMeasurer:
@@ -79,6 +93,8 @@ class AngleMeasurer:
         self.config = config or MeasurerConfig()
         if self.config.refine_passes < 1:
             raise ValueError("refine_passes must be ≥ 1")
+        if not 1 <= self.config.test_frames <= len(_TEST_FRAMES):
+            raise ValueError(f"test_frames must be 1…{len(_TEST_FRAMES)}")
 
     def locate(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Head centres ``(N, 2, 2)`` [right, left] in original pixels."""
@@ -97,18 +113,33 @@ class AngleMeasurer:
         ]
 
     def _measure_hips(
-        self, shrunk: Sequence[tuple[np.ndarray, np.ndarray]], heads: np.ndarray
+        self, shrunk: Sequence[tuple[np.ndarray, np.ndarray]], heads: np.ndarray, n_frames: int = 1
     ) -> tuple[np.ndarray, ...]:
-        """One pass of the keypoint model over both hips of every image."""
+        """One pass of the keypoint model over both hips of every image; with ``n_frames`` > 1 each hip
+        is also measured in slightly turned and scaled frames and the results (in original pixels) are
+        averaged — test-time augmentation that lowers the variance of the rim point."""
         c = self.config
+        jitter = _TEST_FRAMES[:n_frames]
         frames = [
-            hip_frame(heads[i, k], heads[i, 1 - k], side, size=c.crop_size, span=c.crop_span)
+            hip_frame(
+                heads[i, k],
+                _turned(heads[i, k], heads[i, 1 - k], turn),
+                side,
+                size=c.crop_size,
+                span=c.crop_span * scale,
+            )
             for i in range(len(shrunk))
             for k, side in enumerate(SIDES)
+            for scale, turn in jitter
         ]
+        per_image = 2 * len(jitter)
         crops = np.stack(
             [
-                hip_crop(shrunk[j // 2][0], compose(m, invert_affine(shrunk[j // 2][1])), c.crop_size)
+                hip_crop(
+                    shrunk[j // per_image][0],
+                    compose(m, invert_affine(shrunk[j // per_image][1])),
+                    c.crop_size,
+                )
                 for j, m in enumerate(frames)
             ]
         )
@@ -118,8 +149,12 @@ class AngleMeasurer:
         prob = np.asarray(out["prob_big"], np.float64).reshape(-1)
         pts = np.stack([apply_affine(invert_affine(m), p) for m, p in zip(frames, kps, strict=True)])
         radius = radius / np.array([affine_scale(m) for m in frames])
-        n = len(shrunk)
-        return pts.reshape(n, 2, 2, 2), radius.reshape(n, 2), prob.reshape(n, 2)
+        n, f = len(shrunk), len(jitter)
+        return (
+            pts.reshape(n, 2, f, 2, 2).mean(axis=2),
+            radius.reshape(n, 2, f).mean(axis=2),
+            prob.reshape(n, 2, f).mean(axis=2),
+        )
 
     def measure(self, images: Sequence[np.ndarray]) -> list[Measurement]:
         """Measure a batch of float32 (H, W) images in [0, 1] (any size, any orientation)."""
@@ -129,8 +164,9 @@ class AngleMeasurer:
         located = self.locate(images)
         heads = located
         shrunk = self._shrunk(images, located)
-        for _ in range(self.config.refine_passes):
-            pts, radius, prob = self._measure_hips(shrunk, heads)
+        for p in range(self.config.refine_passes):
+            last = p == self.config.refine_passes - 1
+            pts, radius, prob = self._measure_hips(shrunk, heads, self.config.test_frames if last else 1)
             heads = pts[:, :, 0]  # refined head centres [right, left]
         results = []
         for i in range(len(images)):
@@ -148,6 +184,15 @@ class AngleMeasurer:
             )
             results.append(Measurement(kp, float(prob[i, 1]), float(prob[i, 0]), loc))
         return results
+
+
+def _turned(head: np.ndarray, other: np.ndarray, deg: float) -> np.ndarray:
+    """``other`` turned about ``head`` by ``deg``: the frame's axis turns, the head stays put."""
+    if deg == 0.0:
+        return other
+    a = np.radians(deg)
+    r = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    return head + r @ (np.asarray(other) - head)
 
 
 def _pt(p: np.ndarray) -> tuple[float, float]:
@@ -193,6 +238,7 @@ def measurer_from_backend(backend: Any, model: str = DEFAULT_ANGLE_MODEL) -> Ang
         crop_size=int(pipe.get("crop_size", CROP_SIZE)),
         crop_span=float(pipe.get("crop_span", CROP_SPAN)),
         refine_passes=int(pipe.get("refine_passes", 2)),
+        test_frames=int(pipe.get("test_frames", 1)),
     )
     for name, inf, size in ((locator, loc_info, config.locator_size), (model, info, config.crop_size)):
         actual = _spatial_size(inf)

@@ -209,7 +209,9 @@ def write_model(
     return final_dir
 
 
-def export_run(run: str | Path, repo: str | Path, *, version: str | None = None) -> list[Path]:
+def export_run(
+    run: str | Path, repo: str | Path, *, version: str | None = None, test_frames: int = 4
+) -> list[Path]:
     """Export a ``hipgen train angle`` run folder (locator + keypoint model) with its evaluation."""
     from training.angle.train import load
 
@@ -234,6 +236,7 @@ def export_run(run: str | Path, repo: str | Path, *, version: str | None = None)
         "crop_size": kp_cfg.input_size,
         "crop_span": kp_cfg.crop_span or CROP_SPAN,
         "refine_passes": 2,
+        "test_frames": test_frames,
         "big_threshold_deg": DEFAULT_THRESHOLD_DEG,
     }
     metrics = report.get("eval", {})

@@ -38,6 +38,7 @@ class AngleRecipe:
     locator_width: int = 64
     test_count: int = 300
     shifted_count: int = 200
+    hires_count: int = 100  # in-distribution phantoms at 1024 px, nearer real studies' 1.6k–4.3k
     weights: str | None = None
     workers: int = 2
     resume: str | None = None  # a run folder to continue from; a stage with 0 steps is reused as is
@@ -50,12 +51,22 @@ def training_data(recipe: AngleRecipe, progress: bool = True) -> HipSet:
 
 
 def test_sets(recipe: AngleRecipe, progress: bool = True) -> dict[str, HipSet]:
-    """The held-out in-distribution set (population NA, as in real studies) and the shifted one."""
+    """Fresh held-out sets: in-distribution (population NA as in real studies, the training sizes), the
+    same at 1024 px, and the shifted one."""
     seed = recipe.seed + TEST_SEED_OFFSET
     sets = {}
     if recipe.test_count:
         sets["phantom-test"] = render_set(
             recipe.test_count, seed, distribution="population", workers=recipe.workers, progress=progress
+        )
+    if recipe.hires_count:
+        sets["phantom-test-1024"] = render_set(
+            recipe.hires_count,
+            seed + 2,
+            distribution="population",
+            sizes=(1024,),
+            workers=recipe.workers,
+            progress=progress,
         )
     if recipe.shifted_count:
         sets["phantom-shifted"] = render_set(
