@@ -494,7 +494,9 @@ def evaluate_angle(
     ),
     test_count: Annotated[int, typer.Option(min=0)] = 300,
     shifted_count: Annotated[int, typer.Option(min=0)] = 200,
-    hires_count: Annotated[int, typer.Option(min=0, help="in-distribution phantoms at 1024 px")] = 100,
+    small_count: Annotated[
+        int, typer.Option(min=0, help="the test population at low-resolution export sizes (384–640 px)")
+    ] = 150,
     seed: int = 0,
     record: Annotated[bool, typer.Option(help="write the metrics into the model's MANIFEST.json")] = False,
 ) -> None:
@@ -507,7 +509,7 @@ def evaluate_angle(
 
     if data is not None and not data.exists():
         raise _fail(f"{data}: no such folder")
-    if data is None and test_count == 0 and shifted_count == 0 and hires_count == 0:
+    if data is None and test_count == 0 and shifted_count == 0 and small_count == 0:
         raise _fail("nothing to evaluate: give --data or a non-zero --test-count/--shifted-count")
     with _user_errors():
         measurer = measurer_from_backend(OrtBackend(repo), model)
@@ -516,7 +518,7 @@ def evaluate_angle(
         else:
             sets = rec.test_sets(
                 rec.AngleRecipe(
-                    seed=seed, test_count=test_count, shifted_count=shifted_count, hires_count=hires_count
+                    seed=seed, test_count=test_count, shifted_count=shifted_count, small_count=small_count
                 )
             )
         evals = rec.evaluate_sets(measurer, sets)

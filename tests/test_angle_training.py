@@ -17,7 +17,7 @@ from training.angle.augment import crop_sample, locator_sample  # noqa: E402
 from training.angle.data import HipSet, render_set, shifted_spec  # noqa: E402
 from training.angle.export import export_onnx, parity, sha256, write_model  # noqa: E402
 from training.angle.models import SCREEN_BACKBONES, KeypointNet, build_trunk  # noqa: E402
-from training.angle.train import TorchModelFn, TrainConfig, load, save, train  # noqa: E402
+from training.angle.train import TorchModelFn, TrainConfig, load, save, shrunk_for, train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,23 @@ def test_crop_sample_head_at_centre_rim_craniolateral(tiny_set: HipSet) -> None:
             d = float(np.linalg.norm(tiny_set.points[i][0] - tiny_set.points[i][1]))
             assert r == pytest.approx(tiny_set.radii[i][side] * 128 / (CROP_SPAN * d))
             assert big == float(na >= 105.0)
+
+
+def test_shrunk_set_gives_the_same_crops_and_labels() -> None:
+    """Training pre-shrinks big renders once; the crops it then draws must be the ones drawn from the
+    full-size image (where the warp shrinks on its own)."""
+    big = render_set(3, 3, sizes=(1024,), workers=1, progress=False)  # one of them is not square
+    cfg = TrainConfig(task="keypoints", steps=1)
+    small = shrunk_for(cfg, big)
+    assert max(small.images[0].shape) < 0.8 * max(big.images[0].shape)
+    for i in range(len(big)):
+        a = crop_sample(big.image(i), big.points[i], big.radii[i], 1, None, 128, CROP_SPAN)
+        b = crop_sample(small.image(i), small.points[i], small.radii[i], 1, None, 128, CROP_SPAN)
+        # equal up to the shrunk image's whole-pixel size (x and y scales differ by < 0.2 %)
+        np.testing.assert_allclose(a[0], b[0], atol=0.03)
+        np.testing.assert_allclose(a[1], b[1], atol=0.05)
+        assert a[2] == pytest.approx(b[2], rel=2e-3) and a[3] == b[3]
+    np.testing.assert_allclose(small.angles(), big.angles(), atol=0.05)  # the same sub-pixel anisotropy
 
 
 def test_shifted_spec_shifts_what_it_says() -> None:
@@ -155,3 +172,25 @@ def test_export_parity_and_manifest(tmp_path, tiny_set: HipSet, head: str) -> No
     for a, b in zip(ort_m.measure(images), torch_m.measure(images), strict=True):
         assert np.allclose(a.keypoints.left_rim, b.keypoints.left_rim, atol=1e-2)
         assert a.prob_big_right == pytest.approx(b.prob_big_right, abs=1e-4)
+
+
+def test_lineage_follows_resumed_runs(tmp_path) -> None:
+    from training.angle.export import lineage
+
+    def run(name: str, seed: int, resume: str | None) -> None:
+        (tmp_path / name).mkdir()
+        report = {
+            "command": f"hipgen train angle --out {name}",
+            "recipe": {"seed": seed, "resume": resume, "locator_steps": 0, "keypoint_steps": 5},
+            "train_images": 10 + seed,
+            "train_sizes": [640],
+        }
+        (tmp_path / name / "eval.json").write_text(json.dumps(report))
+
+    run("first", 0, None)
+    run("second", 1, str(tmp_path / "first"))
+    run("third", 2, str(tmp_path / "second"))
+    stages = lineage(tmp_path / "third")
+    assert [s["run"] for s in stages] == ["first", "second", "third"]
+    assert [s["images"] for s in stages] == [10, 11, 12] and stages[0]["render_sizes"] == [640]
+    assert lineage(tmp_path / "first")[0]["command"] == "hipgen train angle --out first"

@@ -18,12 +18,17 @@ import numpy as np
 from tqdm import tqdm
 
 from hipgen.anatomy import HipKeypoints
+from hipgen.angle.geometry import affine_scale, apply_affine, shrink
 from hipgen.data.datasets import iter_dataset
 from hipgen.phantom.render import render_phantom
 from hipgen.phantom.spec import PhantomSpec, image_seed, labels_visible, spec_for_seed
 
-TRAIN_SIZES = (384, 512, 640)  # upright widths of training renders: several effective resolutions
-SHIFT_SIZES = (768, 1024)
+# Upright widths of renders. Real studies are 1.6k–4.3k px, so crops are always *down*sampled from them;
+# training and the in-distribution test set span 640–1536 px (several effective resolutions, rendering
+# cost bounded), low-resolution exports get their own test set, and the shifted set goes beyond both.
+TRAIN_SIZES = (640, 1024, 1536)
+SMALL_SIZES = (384, 512, 640)
+SHIFT_SIZES = (448, 2048)
 
 
 @dataclass
@@ -57,6 +62,20 @@ class HipSet:
     def angles(self) -> np.ndarray:
         """(N, 2) true Norberg angles [right, left]."""
         return np.array([[k.na_right, k.na_left] for k in map(self.keypoints, range(len(self)))])
+
+    def shrunk(self, scales: np.ndarray) -> HipSet:
+        """The set area-averaged by ``scales[i]`` per image (where < 0.8; labels follow), so training does
+        not pay for a 1,536-px render on every crop it draws — inference shrinks the same way."""
+        images, points, radii = [], self.points.copy(), self.radii.copy()
+        for i, s in enumerate(np.asarray(scales, np.float64)):
+            if s >= 0.8:
+                images.append(self.images[i])
+                continue
+            small, m = shrink(self.image(i), float(s))
+            images.append(small)
+            points[i] = apply_affine(m, points[i])
+            radii[i] = radii[i] * affine_scale(m)
+        return HipSet(images, points, radii, list(self.names))
 
     def subset(self, idx: Iterable[int]) -> HipSet:
         idx = list(idx)

@@ -209,6 +209,34 @@ def write_model(
     return final_dir
 
 
+def lineage(run: Path) -> list[dict[str, Any]]:
+    """The training stages behind a run, earliest first: a run made with ``--resume`` continued another
+    run's weights, so its data and command alone would under-report what the model saw."""
+    stages: list[dict[str, Any]] = []
+    seen: set[Path] = set()
+    while run.resolve() not in seen and (run / "eval.json").is_file():
+        seen.add(run.resolve())
+        report = json.loads((run / "eval.json").read_text())
+        recipe = report.get("recipe", {})
+        steps = {"locator": recipe.get("locator_steps"), "keypoints": recipe.get("keypoint_steps")}
+        stages.insert(
+            0,
+            {
+                "run": run.name,
+                "command": report.get("command", ""),
+                "data": recipe.get("data") or "phantom (uniform NA 70–130°, unmirrored)",
+                "images": report.get("train_images"),
+                "seed": recipe.get("seed"),
+                "render_sizes": report.get("train_sizes"),
+                "steps": steps,
+            },
+        )
+        if not recipe.get("resume"):
+            break
+        run = Path(recipe["resume"])
+    return stages
+
+
 def export_run(
     run: str | Path, repo: str | Path, *, version: str | None = None, test_frames: int = 4
 ) -> list[Path]:
@@ -218,14 +246,11 @@ def export_run(
     run = Path(run)
     report = json.loads((run / "eval.json").read_text()) if (run / "eval.json").is_file() else {}
     version = version or datetime.now(UTC).strftime("%Y.%m.%d")
-    recipe = report.get("recipe", {})
+    stages = lineage(run)
     data = {
-        "source": recipe.get("data") or "phantom",
-        "images": report.get("train_images"),
-        "renderer": "hipgen.phantom (uniform NA 70–130°, unmirrored, sizes 384/512/640)"
-        if not recipe.get("data")
-        else None,
-        "seed": recipe.get("seed"),
+        "source": report.get("recipe", {}).get("data") or "phantom",
+        "images": sum(st["images"] or 0 for st in stages),
+        "stages": stages,
     }
     command = report.get("command", "")
     loc, loc_cfg = load(run / "locator")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hipgen.angle.measure import AngleMeasurer
-from training.angle.data import SHIFT_SIZES, HipSet, load_folder, render_set
+from training.angle.data import SHIFT_SIZES, SMALL_SIZES, TRAIN_SIZES, HipSet, load_folder, render_set
 from training.angle.evaluate import Evaluation, evaluate, plot
 from training.angle.train import TorchModelFn, TrainConfig, TrainResult, load, save, train
 
@@ -38,7 +38,7 @@ class AngleRecipe:
     locator_width: int = 64
     test_count: int = 300
     shifted_count: int = 200
-    hires_count: int = 100  # in-distribution phantoms at 1024 px, nearer real studies' 1.6k–4.3k
+    small_count: int = 150  # the same population at low-resolution export sizes (384–640 px)
     weights: str | None = None
     workers: int = 2
     resume: str | None = None  # a run folder to continue from; a stage with 0 steps is reused as is
@@ -52,19 +52,19 @@ def training_data(recipe: AngleRecipe, progress: bool = True) -> HipSet:
 
 def test_sets(recipe: AngleRecipe, progress: bool = True) -> dict[str, HipSet]:
     """Fresh held-out sets: in-distribution (population NA as in real studies, the training sizes), the
-    same at 1024 px, and the shifted one."""
+    same population at low-resolution export sizes, and the shifted one."""
     seed = recipe.seed + TEST_SEED_OFFSET
     sets = {}
     if recipe.test_count:
         sets["phantom-test"] = render_set(
             recipe.test_count, seed, distribution="population", workers=recipe.workers, progress=progress
         )
-    if recipe.hires_count:
-        sets["phantom-test-1024"] = render_set(
-            recipe.hires_count,
+    if recipe.small_count:
+        sets["phantom-test-small"] = render_set(
+            recipe.small_count,
             seed + 2,
             distribution="population",
-            sizes=(1024,),
+            sizes=SMALL_SIZES,
             workers=recipe.workers,
             progress=progress,
         )
@@ -123,6 +123,7 @@ def run(recipe: AngleRecipe, out: str | Path, *, progress: bool = True) -> dict[
         "command": " ".join(shlex.quote(a) for a in sys.argv),
         "recipe": asdict(recipe),
         "train_images": len(data),
+        "train_sizes": None if recipe.data else list(TRAIN_SIZES),
         "train_seconds": {"locator": round(loc.seconds, 1), "keypoints": round(kp.seconds, 1)},
         "eval": {name: e.metrics for name, e in evals.items()},
     }

@@ -76,6 +76,18 @@ def build_net(config: TrainConfig) -> KeypointNet:
     )
 
 
+def shrunk_for(config: TrainConfig, data: HipSet) -> HipSet:
+    """``data`` shrunk once to about the scale the task's warps need: the crop scale for the keypoint
+    model (what :class:`AngleMeasurer` does), 1.5× the input for the locator (augmentation zooms)."""
+    if config.task == "keypoints":
+        d = np.linalg.norm(data.points[:, 0] - data.points[:, 1], axis=-1)
+        scales = config.input_size / (config.crop_span * np.maximum(d, 1.0))
+    else:
+        longest = np.array([max(im.shape) for im in data.images], np.float64)
+        scales = 1.5 * config.input_size / longest
+    return data.shrunk(scales)
+
+
 def make_batch(config: TrainConfig, data: HipSet, rng: np.random.Generator) -> dict[str, torch.Tensor]:
     n, s = config.batch_size, config.input_size
     xs, ys, radii, bigs = [], [], [], []
@@ -161,6 +173,7 @@ def train(config: TrainConfig, data: HipSet, *, progress: bool = True) -> TrainR
             min(1.0, (k + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(k, config.steps) / config.steps))
         ),
     )
+    data = shrunk_for(config, data)
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     net.train()
