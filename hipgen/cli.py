@@ -382,6 +382,12 @@ def train_angle(
     resume: Annotated[
         Path | None, typer.Option(help="continue from this run folder (0 steps reuses that stage as is)")
     ] = None,
+    crop_span: Annotated[
+        float | None,
+        typer.Option(
+            min=0.3, max=1.2, help="hip crop side / inter-head distance (default: resumed model's, else 0.6)"
+        ),
+    ] = None,
 ) -> None:
     """Train the angle models (locator + hip keypoints/classifier) and evaluate them."""
     recipe_mod = _training("training.angle.recipe")
@@ -407,6 +413,7 @@ def train_angle(
         weights=str(weights) if weights else None,
         workers=workers,
         resume=str(resume) if resume else None,
+        crop_span=crop_span,
     )
     if resume is not None and not (resume / "keypoints.pt").is_file():
         raise _fail(f"{resume}: not a `hipgen train angle` run folder (no keypoints.pt)")

@@ -194,3 +194,22 @@ def test_lineage_follows_resumed_runs(tmp_path) -> None:
     assert [s["run"] for s in stages] == ["first", "second", "third"]
     assert [s["images"] for s in stages] == [10, 11, 12] and stages[0]["render_sizes"] == [640]
     assert lineage(tmp_path / "first")[0]["command"] == "hipgen train angle --out first"
+
+
+def test_resumed_stage_keeps_or_changes_the_crop_span(tmp_path, tiny_set: HipSet) -> None:
+    from training.angle.recipe import AngleRecipe, _stage
+
+    first = TrainConfig(
+        task="keypoints", backbone="resnet18", input_size=64, steps=1, batch_size=2, width=16, crop_span=0.7
+    )
+    save(train(first, tiny_set, progress=False), tmp_path / "run" / "keypoints")
+    common = dict(backbone="resnet18", head="heatmap", batch_size=2, seed=0, weights=None, input_size=64)
+    kept = _stage(
+        AngleRecipe(resume=str(tmp_path / "run")), "keypoints", 1, tiny_set, False, crop_span=None, **common
+    )
+    changed = _stage(
+        AngleRecipe(resume=str(tmp_path / "run")), "keypoints", 1, tiny_set, False, crop_span=0.5, **common
+    )
+    fresh = _stage(AngleRecipe(), "keypoints", 1, tiny_set, False, crop_span=None, **common)
+    assert (kept.config.crop_span, changed.config.crop_span, fresh.config.crop_span) == (0.7, 0.5, CROP_SPAN)
+    assert kept.config.width == 16  # the resumed architecture, whatever the defaults say

@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hipgen.angle.measure import AngleMeasurer
+from hipgen.angle.geometry import CROP_SPAN
+from hipgen.angle.measure import AngleMeasurer, MeasurerConfig
 from training.angle.data import SHIFT_SIZES, SMALL_SIZES, TRAIN_SIZES, HipSet, load_folder, render_set
 from training.angle.evaluate import Evaluation, evaluate, plot
 from training.angle.train import TorchModelFn, TrainConfig, TrainResult, load, save, train
@@ -42,6 +43,7 @@ class AngleRecipe:
     weights: str | None = None
     workers: int = 2
     resume: str | None = None  # a run folder to continue from; a stage with 0 steps is reused as is
+    crop_span: float | None = None  # hip crop side / inter-head distance; None: the resumed model's or 0.6
 
 
 def training_data(recipe: AngleRecipe, progress: bool = True) -> HipSet:
@@ -95,6 +97,10 @@ def _stage(
     if init:
         _, prior_cfg = load(init)
         common = common | {"backbone": prior_cfg.backbone, "head": prior_cfg.head, "width": prior_cfg.width}
+        if common.get("crop_span", 0) is None:
+            common["crop_span"] = prior_cfg.crop_span
+    if common.get("crop_span", 0) is None:
+        common["crop_span"] = CROP_SPAN
     return train(TrainConfig(task=task, steps=steps, init=init, **common), data, progress=progress)  # type: ignore[arg-type]
 
 
@@ -113,9 +119,13 @@ def run(recipe: AngleRecipe, out: str | Path, *, progress: bool = True) -> dict[
         recipe, "locator", recipe.locator_steps, data, progress, width=recipe.locator_width, **common
     )
     save(loc, out / "locator")
-    kp = _stage(recipe, "keypoints", recipe.keypoint_steps, data, progress, **common)
+    kp = _stage(
+        recipe, "keypoints", recipe.keypoint_steps, data, progress, crop_span=recipe.crop_span, **common
+    )
     save(kp, out / "keypoints")
-    measurer = AngleMeasurer(TorchModelFn(loc.net), TorchModelFn(kp.net))
+    measurer = AngleMeasurer(
+        TorchModelFn(loc.net), TorchModelFn(kp.net), MeasurerConfig(crop_span=kp.config.crop_span)
+    )
     evals = {
         name: evaluate(measurer, s, progress=progress) for name, s in test_sets(recipe, progress).items()
     }
