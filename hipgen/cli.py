@@ -375,6 +375,9 @@ def train_angle(
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     test_count: Annotated[int, typer.Option(min=0, help="fresh held-out phantoms to evaluate on")] = 300,
     shifted_count: Annotated[int, typer.Option(min=0, help="fresh shifted phantoms to evaluate on")] = 200,
+    small_count: Annotated[
+        int, typer.Option(min=0, help="fresh phantoms at low-resolution export sizes (384–640 px)")
+    ] = 150,
     weights: Annotated[
         Path | None, typer.Option(help="local torchvision state dict for the backbone")
     ] = None,
@@ -410,6 +413,7 @@ def train_angle(
         batch_size=batch_size,
         test_count=test_count,
         shifted_count=shifted_count,
+        small_count=small_count,
         weights=str(weights) if weights else None,
         workers=workers,
         resume=str(resume) if resume else None,
@@ -517,7 +521,9 @@ def evaluate_angle(
     if data is not None and not data.exists():
         raise _fail(f"{data}: no such folder")
     if data is None and test_count == 0 and shifted_count == 0 and small_count == 0:
-        raise _fail("nothing to evaluate: give --data or a non-zero --test-count/--shifted-count")
+        raise _fail(
+            "nothing to evaluate: give --data or a non-zero --test-count, --shifted-count or --small-count"
+        )
     with _user_errors():
         measurer = measurer_from_backend(OrtBackend(repo), model)
         if data is not None:
@@ -549,6 +555,8 @@ def _record_metrics(manifest_path: Path, report: dict[str, Any], data: Path | No
     manifest["metrics"] = report["eval"]
     manifest["evaluation"] = {
         "command": report["command"],
+        "runtime": "onnxruntime",
+        "test_frames": manifest.get("pipeline", {}).get("test_frames", 1),
         "sets": f"labelled folder {data.name}" if data else "fresh phantoms never used in training",
     }
     manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")

@@ -175,25 +175,32 @@ def test_export_parity_and_manifest(tmp_path, tiny_set: HipSet, head: str) -> No
 
 
 def test_lineage_follows_resumed_runs(tmp_path) -> None:
-    from training.angle.export import lineage
+    from training.angle.export import lineage, training_facts
 
-    def run(name: str, seed: int, resume: str | None) -> None:
+    def run(name: str, seed: int, resume: str | None, locator_steps: int) -> None:
         (tmp_path / name).mkdir()
         report = {
             "command": f"hipgen train angle --out {name}",
-            "recipe": {"seed": seed, "resume": resume, "locator_steps": 0, "keypoint_steps": 5},
+            "recipe": {"seed": seed, "resume": resume, "locator_steps": locator_steps, "keypoint_steps": 5},
             "train_images": 10 + seed,
             "train_sizes": [640],
         }
         (tmp_path / name / "eval.json").write_text(json.dumps(report))
 
-    run("first", 0, None)
-    run("second", 1, str(tmp_path / "first"))
-    run("third", 2, str(tmp_path / "second"))
+    run("first", 0, None, 5)
+    run("second", 1, str(tmp_path / "first"), 0)
+    run("third", 2, "elsewhere/second", 0)  # relative to where training ran: found beside "third"
     stages = lineage(tmp_path / "third")
     assert [s["run"] for s in stages] == ["first", "second", "third"]
     assert [s["images"] for s in stages] == [10, 11, 12] and stages[0]["render_sizes"] == [640]
-    assert lineage(tmp_path / "first")[0]["command"] == "hipgen train angle --out first"
+    # the locator was trained only in "first"; the keypoint model in every stage
+    loc_command, loc_data = training_facts(stages, "locator")
+    kp_command, kp_data = training_facts(stages, "keypoints")
+    assert loc_command == "hipgen train angle --out first" and loc_data["images"] == 10
+    assert kp_command == "hipgen train angle --out third" and kp_data["images"] == 33
+    run("orphan", 3, str(tmp_path / "gone"), 5)
+    orphan = lineage(tmp_path / "orphan")
+    assert "missing" in orphan[0] and orphan[1]["run"] == "orphan"
 
 
 def test_resumed_stage_keeps_or_changes_the_crop_span(tmp_path, tiny_set: HipSet) -> None:
@@ -211,5 +218,15 @@ def test_resumed_stage_keeps_or_changes_the_crop_span(tmp_path, tiny_set: HipSet
         AngleRecipe(resume=str(tmp_path / "run")), "keypoints", 1, tiny_set, False, crop_span=0.5, **common
     )
     fresh = _stage(AngleRecipe(), "keypoints", 1, tiny_set, False, crop_span=None, **common)
+    with pytest.raises(ValueError, match="needs training steps"):  # a reused model keeps its geometry
+        _stage(
+            AngleRecipe(resume=str(tmp_path / "run")),
+            "keypoints",
+            0,
+            tiny_set,
+            False,
+            crop_span=0.5,
+            **common,
+        )
     assert (kept.config.crop_span, changed.config.crop_span, fresh.config.crop_span) == (0.7, 0.5, CROP_SPAN)
     assert kept.config.width == 16  # the resumed architecture, whatever the defaults say

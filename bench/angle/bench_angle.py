@@ -69,7 +69,7 @@ def _torch_measurer(repo: Path):  # noqa: ANN202
             width=a.get("width", 128 if extras else 64),
         ).eval()
 
-    cfg = MeasurerConfig(pipe["locator_size"], pipe["crop_size"], pipe["crop_span"], pipe["refine_passes"])
+    cfg = MeasurerConfig.from_pipeline(pipe)  # the same geometry and test frames as the ONNX paths
     return AngleMeasurer(
         TorchModelFn(net(m_loc, False, cfg.locator_size)), TorchModelFn(net(m_kp, True, cfg.crop_size)), cfg
     )

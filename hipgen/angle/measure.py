@@ -68,6 +68,17 @@ class MeasurerConfig:
     refine_passes: int = 2  # re-crop around the refined head centres: the frame then sits on the head
     test_frames: int = 1  # frames per hip in the last pass (turned/scaled a little), points averaged
 
+    @classmethod
+    def from_pipeline(cls, pipe: dict[str, Any]) -> MeasurerConfig:
+        """The geometry a keypoint model's MANIFEST ``pipeline`` records (defaults for what it omits)."""
+        return cls(
+            locator_size=int(pipe.get("locator_size", LOCATOR_SIZE)),
+            crop_size=int(pipe.get("crop_size", CROP_SIZE)),
+            crop_span=float(pipe.get("crop_span", CROP_SPAN)),
+            refine_passes=int(pipe.get("refine_passes", 2)),
+            test_frames=int(pipe.get("test_frames", 1)),
+        )
+
 
 # (scale, turn in degrees) of the test-time frames: within what the model saw in training
 _TEST_FRAMES = (
@@ -233,13 +244,7 @@ def measurer_from_backend(backend: Any, model: str = DEFAULT_ANGLE_MODEL) -> Ang
     loc_info = backend.model_info(locator)
     if "keypoints" not in {o.name for o in loc_info.outputs}:
         raise NotAnAngleModelError(f"locator {locator!r} of model {model!r} has no 'keypoints' output")
-    config = MeasurerConfig(
-        locator_size=int(pipe.get("locator_size", LOCATOR_SIZE)),
-        crop_size=int(pipe.get("crop_size", CROP_SIZE)),
-        crop_span=float(pipe.get("crop_span", CROP_SPAN)),
-        refine_passes=int(pipe.get("refine_passes", 2)),
-        test_frames=int(pipe.get("test_frames", 1)),
-    )
+    config = MeasurerConfig.from_pipeline(pipe)
     for name, inf, size in ((locator, loc_info, config.locator_size), (model, info, config.crop_size)):
         actual = _spatial_size(inf)
         if actual is not None and actual != size:

@@ -92,7 +92,8 @@ class HipSet:
 
 def shifted_spec(spec: PhantomSpec, rng: np.random.Generator) -> PhantomSpec:
     """The *shifted* test distribution: what training never saw — noisier, harsher exposure, extreme
-    body sizes and soft tissue, stronger in-plane rotation and more 90° studies, bigger images."""
+    body sizes and soft tissue, stronger in-plane rotation and more 90° studies; rendered at sizes
+    outside the training range (``SHIFT_SIZES``)."""
     gamma = float(rng.choice([rng.uniform(0.5, 0.7), rng.uniform(1.4, 1.8)]))
     size = float(rng.choice([rng.uniform(25, 35), rng.uniform(130, 160)]))
     s = replace(

@@ -139,6 +139,7 @@ def write_model(
     command: str,
     data: dict[str, Any],
     metrics: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
     pipeline: dict[str, Any] | None = None,
     parity_max: dict[str, float] | None = None,
 ) -> Path:
@@ -189,6 +190,7 @@ def write_model(
             "data": data,
         },
         "metrics": metrics or {},
+        "evaluation": evaluation or {},
         "onnx": {"opset": OPSET, "dynamic_batch": True, "parity_max_abs": parity_max},
         "files": {"1/model.onnx": {"sha256": sha256(onnx_path), "bytes": onnx_path.stat().st_size}},
         "intended_use": (
@@ -211,48 +213,65 @@ def write_model(
 
 def lineage(run: Path) -> list[dict[str, Any]]:
     """The training stages behind a run, earliest first: a run made with ``--resume`` continued another
-    run's weights, so its data and command alone would under-report what the model saw."""
+    run's weights, so its data and command alone would under-report what the model saw. ``resume`` is
+    stored as typed (relative to where training ran); a moved ``runs/`` is searched beside ``run``."""
     stages: list[dict[str, Any]] = []
     seen: set[Path] = set()
-    while run.resolve() not in seen and (run / "eval.json").is_file():
+    while run.resolve() not in seen:
         seen.add(run.resolve())
+        if not (run / "eval.json").is_file():
+            stages.insert(0, {"run": str(run), "missing": "run folder not found; its stages are unknown"})
+            break
         report = json.loads((run / "eval.json").read_text())
         recipe = report.get("recipe", {})
-        steps = {"locator": recipe.get("locator_steps"), "keypoints": recipe.get("keypoint_steps")}
         stages.insert(
             0,
             {
-                "run": run.name,
+                "run": run.resolve().name,
                 "command": report.get("command", ""),
                 "data": recipe.get("data") or "phantom (uniform NA 70–130°, unmirrored)",
                 "images": report.get("train_images"),
                 "seed": recipe.get("seed"),
                 "render_sizes": report.get("train_sizes"),
-                "steps": steps,
+                "steps": {"locator": recipe.get("locator_steps"), "keypoints": recipe.get("keypoint_steps")},
             },
         )
         if not recipe.get("resume"):
             break
-        run = Path(recipe["resume"])
+        prior = Path(recipe["resume"])
+        if not prior.is_absolute() and not (prior / "eval.json").is_file():
+            prior = run.parent / prior.name
+        run = prior
     return stages
+
+
+def training_facts(stages: list[dict[str, Any]], task: str) -> tuple[str, dict[str, Any]]:
+    """(command, data) for one model: only the stages that trained it (a stage with 0 steps for a task
+    reused the previous weights), so the locator is not credited with the keypoint model's fine-tunes."""
+    own = [st for st in stages if "missing" in st or (st.get("steps") or {}).get(task) != 0]
+    trained = [st for st in own if "missing" not in st]
+    data = {
+        "source": trained[-1]["data"] if trained else "unknown",
+        "images": sum(st.get("images") or 0 for st in trained),
+        "stages": own,
+    }
+    return (trained[-1]["command"] if trained else ""), data
 
 
 def export_run(
     run: str | Path, repo: str | Path, *, version: str | None = None, test_frames: int = 4
 ) -> list[Path]:
-    """Export a ``hipgen train angle`` run folder (locator + keypoint model) with its evaluation."""
+    """Export a ``hipgen train angle`` run folder (locator + keypoint model) with its evaluation. The
+    run's metrics were measured in PyTorch with one test frame; the MANIFEST says so, and
+    ``hipgen evaluate angle --record`` replaces them with the deployed pipeline's."""
     from training.angle.train import load
 
     run = Path(run)
     report = json.loads((run / "eval.json").read_text()) if (run / "eval.json").is_file() else {}
     version = version or datetime.now(UTC).strftime("%Y.%m.%d")
     stages = lineage(run)
-    data = {
-        "source": report.get("recipe", {}).get("data") or "phantom",
-        "images": sum(st["images"] or 0 for st in stages),
-        "stages": stages,
-    }
-    command = report.get("command", "")
+    loc_command, loc_data = training_facts(stages, "locator")
+    kp_command, kp_data = training_facts(stages, "keypoints")
     loc, loc_cfg = load(run / "locator")
     kp, kp_cfg = load(run / "keypoints")
     pipeline = {
@@ -265,19 +284,24 @@ def export_run(
         "big_threshold_deg": DEFAULT_THRESHOLD_DEG,
     }
     metrics = report.get("eval", {})
+    evaluation = {
+        "command": report.get("command", ""),
+        "runtime": "pytorch",
+        "test_frames": 1,
+        "sets": "fresh phantoms never used in training (at the end of training)",
+    }
     return [
-        write_model(
-            repo, LOCATOR_NAME, loc, loc_cfg, version=version, command=command, data=data, metrics={}
-        ),
+        write_model(repo, LOCATOR_NAME, loc, loc_cfg, version=version, command=loc_command, data=loc_data),
         write_model(
             repo,
             KEYPOINTS_NAME,
             kp,
             kp_cfg,
             version=version,
-            command=command,
-            data=data,
+            command=kp_command,
+            data=kp_data,
             metrics=metrics,
+            evaluation=evaluation if metrics else None,
             pipeline=pipeline,
         ),
     ]

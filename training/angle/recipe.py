@@ -92,11 +92,21 @@ def _stage(
         if init is None:
             raise ValueError(f"{task}: 0 steps needs --resume RUN to take the model from")
         net, cfg = load(init)
+        if common.get("crop_span") not in (None, cfg.crop_span):
+            raise ValueError(
+                f"{task}: --crop-span {common['crop_span']} needs training steps; the reused model "
+                f"was trained at {cfg.crop_span}"
+            )
         prior = json.loads(Path(init).with_suffix(".json").read_text())
         return TrainResult(net, cfg, int(prior.get("steps", 0)), 0.0)
     if init:
         _, prior_cfg = load(init)
-        common = common | {"backbone": prior_cfg.backbone, "head": prior_cfg.head, "width": prior_cfg.width}
+        common = common | {
+            "backbone": prior_cfg.backbone,
+            "head": prior_cfg.head,
+            "width": prior_cfg.width,
+            "input_size": prior_cfg.input_size,
+        }
         if common.get("crop_span", 0) is None:
             common["crop_span"] = prior_cfg.crop_span
     if common.get("crop_span", 0) is None:
@@ -124,7 +134,11 @@ def run(recipe: AngleRecipe, out: str | Path, *, progress: bool = True) -> dict[
     )
     save(kp, out / "keypoints")
     measurer = AngleMeasurer(
-        TorchModelFn(loc.net), TorchModelFn(kp.net), MeasurerConfig(crop_span=kp.config.crop_span)
+        TorchModelFn(loc.net),
+        TorchModelFn(kp.net),
+        MeasurerConfig(
+            locator_size=loc.config.input_size, crop_size=kp.config.input_size, crop_span=kp.config.crop_span
+        ),
     )
     evals = {
         name: evaluate(measurer, s, progress=progress) for name, s in test_sets(recipe, progress).items()

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hipgen.angle.geometry import CROP_SPAN
 from hipgen.angle.measure import AngleMeasurer, MeasurerConfig, ModelFn
 from training.angle.data import HipSet
 from training.angle.evaluate import evaluate
@@ -85,6 +86,9 @@ def screen(
                 batch_size=budget.batch_size,
                 max_seconds=budget.max_seconds,
                 seed=budget.seed,
+                # train at the geometry the evaluation measures with (the shared locator's pipeline)
+                input_size=pipeline.crop_size if pipeline else 0,
+                crop_span=pipeline.crop_span if pipeline else CROP_SPAN,
             )
             res = train(cfg, data, progress=progress)
             ev = evaluate(AngleMeasurer(locator, TorchModelFn(res.net), pipeline), test, progress=False)
