@@ -388,7 +388,7 @@ def train_angle(
     crop_span: Annotated[
         float | None,
         typer.Option(
-            min=0.3, max=1.2, help="hip crop side / inter-head distance (default: resumed model's, else 0.6)"
+            min=0.3, max=1.2, help="hip crop side / inter-head distance (default: resumed model's, else 0.45)"
         ),
     ] = None,
 ) -> None:

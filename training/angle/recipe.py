@@ -43,7 +43,7 @@ class AngleRecipe:
     weights: str | None = None
     workers: int = 2
     resume: str | None = None  # a run folder to continue from; a stage with 0 steps is reused as is
-    crop_span: float | None = None  # hip crop side / inter-head distance; None: the resumed model's or 0.6
+    crop_span: float | None = None  # crop side / inter-head distance; None: the resumed model's or CROP_SPAN
 
 
 def training_data(recipe: AngleRecipe, progress: bool = True) -> HipSet:
