@@ -635,8 +635,10 @@ def test_metrics_expose_inference_time_and_image_count(
 
 # --- accuracy (needs the trained default model) -----------------------------------------------------
 def test_default_model_measures_phantoms_geometrically_right(stub: angle_pb2_grpc.AngleServiceStub):
-    """On tidy phantoms the measured NA is within 5° of the truth and every keypoint within 3 % of the
-    inter-head distance. Fails on an untrained development repository — by design."""
+    """On tidy phantoms the measured NA is off by < 2.5° on average and < 8° on every side, and every
+    keypoint lies within 3 % of the inter-head distance. (Per side the error has a tail — 1–4 % of sides
+    beyond 5° in the MANIFEST's evaluation — so "every one of 8 sides within 5°" would test luck; the
+    mean catches a broken model.) Fails on an untrained development repository — by design."""
     rng = np.random.default_rng(2024)
     report = []
     for seed in range(4):
@@ -648,6 +650,8 @@ def test_default_model_measures_phantoms_geometrically_right(stub: angle_pb2_grp
             math.dist(getattr(truth, k), (getattr(label, k).x, getattr(label, k).y)) / d
             for k in ("left_head", "right_head", "left_rim", "right_rim")
         )
-        na_err = max(abs(label.na_left - truth.na_left), abs(label.na_right - truth.na_right))
-        report.append({"seed": seed, "na_err_deg": round(na_err, 2), "point_err_frac": round(point_err, 4)})
-    assert all(r["na_err_deg"] < 5.0 and r["point_err_frac"] < 0.03 for r in report), json.dumps(report)
+        na_err = [abs(label.na_left - truth.na_left), abs(label.na_right - truth.na_right)]
+        report.append({"seed": seed, "na_err_deg": np.round(na_err, 2).tolist(), "point_err_frac": point_err})
+    errors = [e for r in report for e in r["na_err_deg"]]
+    assert np.mean(errors) < 2.5 and max(errors) < 8.0, json.dumps(report)
+    assert all(r["point_err_frac"] < 0.03 for r in report), json.dumps(report)
