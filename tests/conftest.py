@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,3 +31,21 @@ def angle_repo() -> Path:
             pytrace=False,
         )
     return repo
+
+
+@contextmanager
+def serving_channel(settings: Any, timeout: float = 5.0) -> Iterator[Any]:
+    """A real server from ``services.server.build_server`` on 127.0.0.1 and a ready channel to it;
+    the server stops (no grace) when the block ends."""
+    import grpc
+
+    from services.server import build_server
+
+    server, port = build_server(settings)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            grpc.channel_ready_future(ch).result(timeout=timeout)
+            yield ch
+    finally:
+        server.stop(None).wait()

@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from conftest import serving_channel
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
@@ -68,14 +69,8 @@ def _settings(repo: Path, **kw: Any) -> Settings:
 
 @pytest.fixture(scope="module")
 def channel(angle_repo: Path) -> Iterator[grpc.Channel]:
-    server, port = build_server(_settings(angle_repo, max_image_pixels=CAP))
-    server.start()
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            grpc.channel_ready_future(ch).result(timeout=T)
-            yield ch
-    finally:
-        server.stop(None).wait()
+    with serving_channel(_settings(angle_repo, max_image_pixels=CAP), T) as ch:
+        yield ch
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import serving_channel
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -50,14 +51,8 @@ def _settings(**kw: object) -> Settings:
 
 @pytest.fixture(scope="module")
 def channel() -> Iterator[grpc.Channel]:
-    server, port = build_server(_settings())
-    server.start()
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            grpc.channel_ready_future(ch).result(timeout=T)
-            yield ch
-    finally:
-        server.stop(None).wait()
+    with serving_channel(_settings(), T) as ch:
+        yield ch
 
 
 def test_service_table_matches_the_protos():
