@@ -1,0 +1,1 @@
+"""Angle-conditioned diffusion generators on diffusers (imports torch; never used by services/)."""

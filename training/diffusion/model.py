@@ -1,0 +1,82 @@
+"""A diffusers ``UNet2DModel`` conditioned on the requested Norberg-angle pair.
+
+diffusers' ``class_embed_type="identity"`` adds a (B, time_embed_dim) vector to the timestep embedding;
+we make that vector from the two angles (fixed Fourier features → MLP), so the condition is continuous
+— 101.5° is between 101° and 102°, not a class. A learned *null* vector stands in when the condition is
+dropped in training, which is what classifier-free guidance needs at sampling time.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from diffusers import UNet2DModel
+from torch import nn
+
+# Fixed (not learned) octave frequencies: the embedding is deterministic and exports to ONNX as constants.
+N_FREQUENCIES = 8
+
+
+def fourier_features(na: torch.Tensor, n_frequencies: int = N_FREQUENCIES) -> torch.Tensor:
+    """(B, 2) angles scaled to [-1, 1] → (B, 2 + 4·n) [na, sin(2^k π na), cos(2^k π na)]."""
+    freqs = (2.0 ** torch.arange(n_frequencies, dtype=na.dtype, device=na.device)) * math.pi
+    angles = na[..., None] * freqs  # (B, 2, n)
+    return torch.cat([na, angles.sin().flatten(1), angles.cos().flatten(1)], dim=1)
+
+
+def unet_config(size: int = 128, *, tiny: bool = False) -> dict[str, Any]:
+    """UNet2DModel settings: the default for 128² pixel space, or a tiny one for tests."""
+    if tiny:
+        return dict(
+            sample_size=size,
+            in_channels=1,
+            out_channels=1,
+            block_out_channels=(16, 32),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+            up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+            norm_num_groups=8,
+            attention_head_dim=8,
+        )
+    return dict(
+        sample_size=size,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(32, 64, 128, 128),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        norm_num_groups=16,
+        attention_head_dim=32,
+    )
+
+
+class NaConditionedUNet(nn.Module):
+    """``forward(sample, timestep, na, keep)`` → predicted noise; ``na`` (B, 2) from
+    :func:`hipgen.generate.conditions.condition_vector`, ``keep`` (B,) bool: False uses the null
+    condition (unconditional branch of classifier-free guidance)."""
+
+    def __init__(self, config: dict[str, Any], n_frequencies: int = N_FREQUENCIES) -> None:
+        super().__init__()
+        self.config = dict(config)
+        self.unet = UNet2DModel(**config, class_embed_type="identity")
+        dim = config["block_out_channels"][0] * 4  # UNet2DModel's time_embed_dim
+        self.n_frequencies = n_frequencies
+        self.cond_mlp = nn.Sequential(nn.Linear(2 + 4 * n_frequencies, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.null = nn.Parameter(torch.zeros(dim))
+
+    def embed(self, na: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.cond_mlp(fourier_features(na, self.n_frequencies))
+        if keep is None:
+            return emb
+        return torch.where(keep[:, None], emb, self.null.expand_as(emb))
+
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor, na: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.unet(sample, timestep, class_labels=self.embed(na, keep)).sample
+
+
+__all__ = ["N_FREQUENCIES", "NaConditionedUNet", "fourier_features", "unet_config"]
