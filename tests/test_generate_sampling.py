@@ -26,7 +26,7 @@ class FakeModel:
         )
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "lcm"])
 def test_same_seed_same_bytes_whatever_the_batch(sampler: str) -> None:
     plan = SamplingPlan(NA, [7, 8], sampler=sampler, steps=10, guidance_scale=2.0)
     a = sample(FakeModel(), NoiseSchedule(), plan, 16)
@@ -68,6 +68,8 @@ def test_progress_cancellation_and_guidance_batches() -> None:
 def test_bad_plans_are_refused() -> None:
     with pytest.raises(ValueError, match="sampler"):
         SamplingPlan(NA, [1, 2], sampler="euler")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="for LCM"):
+        sample(FakeModel(), NoiseSchedule(), SamplingPlan(NA, [1, 2], sampler="lcm", steps=60), 8)
     with pytest.raises(ValueError, match="seeds"):
         SamplingPlan(NA, [1])
     with pytest.raises(ValueError, match="guidance_scale"):

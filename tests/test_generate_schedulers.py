@@ -81,3 +81,28 @@ def test_full_length_ddpm_timesteps_and_bad_settings() -> None:
         NoiseSchedule.from_config({"thresholding": True})
     with pytest.raises(ValueError, match="needs noise"):
         ddim_step(s, np.zeros((1, 1, 2, 2), np.float32), 500, np.zeros((1, 1, 2, 2), np.float32), 10, eta=1.0)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 8])
+@pytest.mark.parametrize("config", [{}, {"prediction_type": "v_prediction", "original_inference_steps": 25}])
+def test_lcm_matches_diffusers(config: dict, steps: int) -> None:
+    from hipgen.generate.schedulers import lcm_step, lcm_timesteps
+
+    ref = diffusers.LCMScheduler(**config)
+    ref.set_timesteps(steps)
+    ours = NoiseSchedule.from_config(dict(ref.config))
+    ts = lcm_timesteps(ours, steps)
+    np.testing.assert_array_equal(ts, ref.timesteps.numpy())
+    x = np.random.default_rng(3).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    y = torch.from_numpy(x.copy())
+    for i, t in enumerate(ts.tolist()):
+        last = i + 1 == len(ts)
+        seed = 200 + i
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)).numpy()
+        x = lcm_step(ours, fake_model(x, t), t, None if last else int(ts[i + 1]), x, noise=noise)
+        y = ref.step(
+            torch.from_numpy(fake_model(y.numpy(), t)), t, y, generator=torch.Generator().manual_seed(seed)
+        ).prev_sample
+        np.testing.assert_allclose(x, y.numpy(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="for LCM"):
+        lcm_timesteps(ours, ours.original_inference_steps + 1)

@@ -16,10 +16,10 @@ from typing import Literal
 
 import numpy as np
 
-from hipgen.generate.schedulers import NoiseSchedule, ddim_step, ddpm_step
+from hipgen.generate.schedulers import NoiseSchedule, ddim_step, ddpm_step, lcm_step, lcm_timesteps
 
 ModelFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-SamplerName = Literal["ddpm", "ddim"]
+SamplerName = Literal["ddpm", "ddim", "lcm"]
 
 
 class SamplingCancelled(Exception):
@@ -38,8 +38,8 @@ class SamplingPlan:
     eta: float = 0.0  # DDIM only
 
     def __post_init__(self) -> None:
-        if self.sampler not in ("ddpm", "ddim"):
-            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {self.sampler!r}")
+        if self.sampler not in ("ddpm", "ddim", "lcm"):
+            raise ValueError(f"sampler must be 'ddpm', 'ddim' or 'lcm', got {self.sampler!r}")
         if len(self.seeds) != len(self.na):
             raise ValueError(f"{len(self.seeds)} seeds for {len(self.na)} conditions")
         if not (np.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
@@ -77,7 +77,7 @@ def sample(
     shape = (channels, size, size)
     x = np.stack([r.standard_normal(shape, dtype=np.float32) for r in rngs])
     na = np.asarray(plan.na, np.float32).reshape(-1, 2)
-    ts = schedule.timesteps(plan.steps)
+    ts = lcm_timesteps(schedule, plan.steps) if plan.sampler == "lcm" else schedule.timesteps(plan.steps)
     for i, t in enumerate(ts.tolist()):
         if cancelled is not None and cancelled():
             raise SamplingCancelled(f"cancelled before step {i + 1} of {len(ts)}")
@@ -87,6 +87,14 @@ def sample(
                 np.stack([r.standard_normal(shape, dtype=np.float32) for r in rngs]) if plan.eta > 0 else None
             )
             x = ddim_step(schedule, eps, t, x, plan.steps, eta=plan.eta, noise=noise)
+        elif plan.sampler == "lcm":
+            prev = int(ts[i + 1]) if i + 1 < len(ts) else None
+            noise = (
+                np.stack([r.standard_normal(shape, dtype=np.float32) for r in rngs])
+                if prev is not None
+                else None
+            )
+            x = lcm_step(schedule, eps, t, prev, x, noise=noise)
         else:
             prev = int(ts[i + 1]) if i + 1 < len(ts) else -1
             noise = np.stack([r.standard_normal(shape, dtype=np.float32) for r in rngs]) if t > 0 else None

@@ -1,11 +1,11 @@
-"""DDPM and DDIM sampling steps in numpy, for the serving path.
+"""DDPM, DDIM and LCM (multistep consistency) sampling steps in numpy, for the serving path.
 
 Why not diffusers' schedulers: they import and compute in torch, and ``services/`` must run on ONNX
-Runtime or Triton without torch. These are line-for-line ports of diffusers' ``DDPMScheduler`` and
-``DDIMScheduler`` (epsilon / sample / v prediction, clipping, "leading" / "trailing" / "linspace" spacing),
-checked against diffusers in ``tests/test_generate_schedulers.py``. They are pure functions of a
-:class:`NoiseSchedule` and the step's timesteps: a request builds its own timestep list, so nothing is
-shared between concurrent requests (diffusers' scheduler objects keep per-run state).
+Runtime or Triton without torch. These are line-for-line ports of diffusers' ``DDPMScheduler``,
+``DDIMScheduler`` and ``LCMScheduler`` (epsilon / sample / v prediction, clipping, "leading" / "trailing"
+/ "linspace" spacing), checked against diffusers in ``tests/test_generate_schedulers.py``. They are pure
+functions of a :class:`NoiseSchedule` and the step's timesteps: a request builds its own timestep list,
+so nothing is shared between concurrent requests (diffusers' scheduler objects keep per-run state).
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ class NoiseSchedule:
     timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
     steps_offset: int = 0
     set_alpha_to_one: bool = True  # DDIM's last step goes to alpha = 1
+    original_inference_steps: int = 50  # LCM: the distillation's timestep grid
+    timestep_scaling: float = 10.0  # LCM: boundary-condition scalings
     alphas_cumprod: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -144,4 +146,40 @@ def ddpm_step(
     return out.astype(sample.dtype, copy=False)
 
 
-__all__ = ["NoiseSchedule", "ddim_step", "ddpm_step"]
+def lcm_timesteps(schedule: NoiseSchedule, num_inference_steps: int) -> np.ndarray:
+    """diffusers ``LCMScheduler.set_timesteps(n)``: ``n`` evenly spaced points of the distillation grid
+    (``original_inference_steps`` points, k = T // original apart), descending."""
+    n, original = int(num_inference_steps), schedule.original_inference_steps
+    if not 1 <= n <= original:
+        raise ValueError(f"steps must be between 1 and {original} for LCM, got {n}")
+    k = schedule.num_train_timesteps // original
+    grid = (np.arange(1, original + 1) * k - 1)[::-1]
+    return grid[np.floor(np.linspace(0, len(grid), num=n, endpoint=False)).astype(np.int64)]
+
+
+def lcm_step(
+    schedule: NoiseSchedule,
+    model_output: np.ndarray,
+    timestep: int,
+    prev_timestep: int | None,
+    sample: np.ndarray,
+    noise: np.ndarray | None = None,
+) -> np.ndarray:
+    """One multistep consistency-sampling step (diffusers ``LCMScheduler.step``): the consistency
+    function's estimate of x0, re-noised to ``prev_timestep`` — or returned as is on the last step
+    (``prev_timestep`` None)."""
+    ac = schedule.alphas_cumprod
+    x0, _ = schedule._x0_eps(model_output, timestep, sample)
+    scaled = timestep * schedule.timestep_scaling
+    c_skip = 0.25 / (scaled**2 + 0.25)  # sigma_data = 0.5
+    c_out = scaled / (scaled**2 + 0.25) ** 0.5
+    denoised = c_out * x0 + c_skip * sample
+    if prev_timestep is None:
+        return denoised.astype(sample.dtype, copy=False)
+    if noise is None:
+        raise ValueError("lcm_step needs noise before the last step")
+    a_prev = ac[prev_timestep]
+    return (a_prev**0.5 * denoised + (1 - a_prev) ** 0.5 * noise).astype(sample.dtype, copy=False)
+
+
+__all__ = ["NoiseSchedule", "ddim_step", "ddpm_step", "lcm_step", "lcm_timesteps"]
