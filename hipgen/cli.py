@@ -427,6 +427,53 @@ def train_angle(
     console.print(f"wrote {out}/locator.pt, {out}/keypoints.pt, {out}/eval.json, {out}/eval.png")
 
 
+@train_app.command("diffusion")
+def train_diffusion(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="run folder (checkpoint, model, ONNX, grids)")
+    ] = Path("runs/diffusion"),
+    count: Annotated[int, typer.Option(min=1, help="phantoms to render")] = 2000,
+    data: Annotated[
+        Path | None, typer.Option(help="train on this labelled folder instead of phantoms")
+    ] = None,
+    seed: int = 0,
+    size: Annotated[int, typer.Option(min=16, max=512, help="pelvis-view side, pixels")] = 128,
+    tiny: Annotated[bool, typer.Option(help="the test-sized UNet")] = False,
+    steps: Annotated[int, typer.Option(min=1)] = 20_000,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="steps between checkpoints and grids")] = 500,
+    grid_steps: Annotated[int, typer.Option(min=1, help="DDIM steps of the sample grids")] = 25,
+    resume: Annotated[bool, typer.Option(help="continue from OUT/checkpoint")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="render processes")] = 2,
+) -> None:
+    """Train the angle-conditioned diffusion generator on pelvis views (DDPM, EMA, CFG dropout)."""
+    mod = _training("training.diffusion.recipe")
+    if data is not None and not data.exists():
+        raise _fail(f"{data}: no such folder")
+    if size % 8:
+        raise _fail(f"--size {size}: must be a multiple of 8 (the UNet halves it three times)")
+    recipe = mod.DiffusionRecipe(
+        count=count,
+        seed=seed,
+        data=str(data) if data else None,
+        size=size,
+        tiny=tiny,
+        steps=steps,
+        batch_size=batch_size,
+        checkpoint_every=checkpoint_every,
+        grid_steps=grid_steps,
+        resume=resume,
+        workers=workers,
+    )
+    with _user_errors():
+        report = mod.run(recipe, out)
+    console.print(
+        f"trained {report['steps']} steps on {report['train_images']} pelvis views; loss "
+        f"{report['loss_first_100']:.4f} → {report['loss_last_100']:.4f}"
+    )
+    console.print(f"wrote {out}/model.pt, {out}/unet.onnx, {out}/train.json, {out}/samples_*.png")
+
+
 @app.command()
 def screen(
     out: Annotated[Path, typer.Option("--out", "-o")] = Path("runs/screen"),

@@ -79,4 +79,15 @@ class NaConditionedUNet(nn.Module):
         return self.unet(sample, timestep, class_labels=self.embed(na, keep)).sample
 
 
-__all__ = ["N_FREQUENCIES", "NaConditionedUNet", "fourier_features", "unet_config"]
+def torch_model_fn(net: NaConditionedUNet):  # noqa: ANN201 - a hipgen.generate.sampling.ModelFn
+    """The PyTorch UNet as the numpy callable :func:`hipgen.generate.sampling.sample` drives."""
+
+    def model(x, t, na, keep):  # noqa: ANN001, ANN202
+        with torch.no_grad():
+            args = (torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(na), torch.from_numpy(keep))
+            return net.eval()(*args).numpy()
+
+    return model
+
+
+__all__ = ["N_FREQUENCIES", "NaConditionedUNet", "fourier_features", "torch_model_fn", "unet_config"]
