@@ -111,18 +111,28 @@ def hip_frame(
     """Original → hip crop: ``head`` at the crop centre, x towards ``other_head``, y caudal, one crop
     side = ``span`` × the inter-head distance. Mirrored (det < 0) for the left hip."""
     h = np.asarray(head, np.float64)
-    d = np.asarray(other_head, np.float64) - h
-    dist = float(np.hypot(*d))
-    if not math.isfinite(dist) or dist < 1e-6:
-        raise ValueError("hip frame undefined: the two head centres coincide or are not finite")
-    e1 = d / dist
-    e2 = np.array([-e1[1], e1[0]])  # e1 turned 90° clockwise on screen: caudal for the right hip
+    e1, e2, dist = _head_axis(h, other_head, "hip frame")
     if side == "left":
         e2 = -e2
-    s = size / (span * dist)
-    a = s * np.vstack([e1, e2])
+    return _square_frame(h, e1, e2, size / (span * dist), size)
+
+
+def _head_axis(start: np.ndarray, end: Point, what: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """Unit vector from ``start`` to ``end``, that vector turned 90° clockwise on screen (caudal when
+    the first is the patient's right-to-left line of an upright view), and the distance."""
+    d = np.asarray(end, np.float64) - start
+    dist = float(np.hypot(*d))
+    if not math.isfinite(dist) or dist < 1e-6:
+        raise ValueError(f"{what} undefined: the two head centres coincide or are not finite")
+    e1 = d / dist
+    return e1, np.array([-e1[1], e1[0]]), dist
+
+
+def _square_frame(centre: np.ndarray, e1: np.ndarray, e2: np.ndarray, scale: float, size: int) -> np.ndarray:
+    """Original → ``size``² output: axes ``e1``/``e2`` scaled by ``scale``, ``centre`` at its middle."""
+    a = scale * np.vstack([e1, e2])
     c = 0.5 * (size - 1)
-    return np.hstack([a, (np.array([c, c]) - a @ h)[:, None]])
+    return np.hstack([a, (np.array([c, c]) - a @ centre)[:, None]])
 
 
 PELVIS_SPAN = 2.4  # pelvis view side / inter-head distance: both hips, acetabula and proximal femurs
@@ -136,15 +146,13 @@ def pelvis_frame(right_head: Point, left_head: Point, *, size: int, span: float 
     2.4 because the default angle model measures such views well even at 128 px (MAE 1.5° on tidy
     phantoms; 2.5° at 1.8, whose tighter crop loses the locator; a whole 128-px study gives 8°)."""
     r = np.asarray(right_head, np.float64)
-    d = np.asarray(left_head, np.float64) - r
-    dist = float(np.hypot(*d))
-    if not math.isfinite(dist) or dist < 1e-6:
-        raise ValueError("pelvis frame undefined: the two head centres coincide or are not finite")
-    e1 = d / dist
-    e2 = np.array([-e1[1], e1[0]])
-    a = size / (span * dist) * np.vstack([e1, e2])
-    c = 0.5 * (size - 1)
-    return np.hstack([a, (np.array([c, c]) - a @ (r + 0.5 * d))[:, None]])
+    e1, e2, dist = _head_axis(r, left_head, "pelvis frame")
+    return _square_frame(r + 0.5 * dist * e1, e1, e2, size / (span * dist), size)
+
+
+def crop_scale(inter_head: np.ndarray | float, size: int = CROP_SIZE, span: float = CROP_SPAN) -> np.ndarray:
+    """Output pixels per original pixel of a hip frame, from the inter-head distance(s)."""
+    return size / (span * np.maximum(np.asarray(inter_head, np.float64), 1.0))
 
 
 def hip_crop(pixels: np.ndarray, matrix: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:

@@ -31,6 +31,7 @@ from hipgen.angle.geometry import (
     affine_scale,
     apply_affine,
     compose,
+    crop_scale,
     hip_crop,
     hip_frame,
     invert_affine,
@@ -119,7 +120,7 @@ class AngleMeasurer:
         c = self.config
         d = np.linalg.norm(heads[:, 0] - heads[:, 1], axis=-1)
         return [
-            shrink(im, c.crop_size / (c.crop_span * float(di)) if np.isfinite(di) and di > 0 else 1.0)
+            shrink(im, float(crop_scale(di, c.crop_size, c.crop_span)) if np.isfinite(di) and di > 0 else 1.0)
             for im, di in zip(images, d, strict=True)
         ]
 

@@ -170,3 +170,12 @@ def load_folder(path: str | Path, *, progress: bool = True) -> HipSet:
     if not images:
         raise ValueError(f"{path}: no labelled images found")
     return HipSet.from_keypoints(images, kps, names)
+
+
+def labelled_set(
+    count: int, seed: int, *, data: str | None = None, workers: int = 2, progress: bool = True
+) -> HipSet:
+    """A training set: the labelled folder ``data`` when given, else ``count`` fresh phantoms."""
+    if data:
+        return load_folder(data, progress=progress)
+    return render_set(count, seed, workers=workers, progress=progress)

@@ -19,7 +19,7 @@ from typing import Any
 
 from hipgen.angle.geometry import CROP_SPAN
 from hipgen.angle.measure import AngleMeasurer, MeasurerConfig
-from training.angle.data import SHIFT_SIZES, SMALL_SIZES, TRAIN_SIZES, HipSet, load_folder, render_set
+from training.angle.data import SHIFT_SIZES, SMALL_SIZES, TRAIN_SIZES, HipSet, labelled_set, render_set
 from training.angle.evaluate import Evaluation, evaluate, plot
 from training.angle.train import TorchModelFn, TrainConfig, TrainResult, load, save, train
 
@@ -47,9 +47,9 @@ class AngleRecipe:
 
 
 def training_data(recipe: AngleRecipe, progress: bool = True) -> HipSet:
-    if recipe.data:
-        return load_folder(recipe.data, progress=progress)
-    return render_set(recipe.count, recipe.seed, workers=recipe.workers, progress=progress)
+    return labelled_set(
+        recipe.count, recipe.seed, data=recipe.data, workers=recipe.workers, progress=progress
+    )
 
 
 def test_sets(recipe: AngleRecipe, progress: bool = True) -> dict[str, HipSet]:

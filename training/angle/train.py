@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from hipgen.angle.geometry import CROP_SIZE, CROP_SPAN, LOCATOR_SIZE
+from hipgen.angle.geometry import CROP_SIZE, CROP_SPAN, LOCATOR_SIZE, crop_scale
 from training.angle.augment import crop_sample, locator_sample
 from training.angle.data import HipSet
 from training.angle.models import Head, KeypointNet
@@ -81,7 +81,7 @@ def shrunk_for(config: TrainConfig, data: HipSet) -> HipSet:
     model (what :class:`AngleMeasurer` does), 1.5× the input for the locator (augmentation zooms)."""
     if config.task == "keypoints":
         d = np.linalg.norm(data.points[:, 0] - data.points[:, 1], axis=-1)
-        scales = config.input_size / (config.crop_span * np.maximum(d, 1.0))
+        scales = crop_scale(d, config.input_size, config.crop_span)
     else:
         longest = np.array([max(im.shape) for im in data.images], np.float64)
         scales = 1.5 * config.input_size / longest

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from hipgen.angle.geometry import PELVIS_SPAN, apply_affine, normalize_intensity, pelvis_frame, warp
-from training.angle.data import HipSet, load_folder, render_set
+from training.angle.data import HipSet, labelled_set
 from training.diffusion.train import DiffusionSet
 
 
@@ -38,11 +38,7 @@ def training_views(
 ) -> tuple[DiffusionSet, HipSet]:
     """Pelvis views of ``count`` fresh phantoms (uniform NA 70–130°, several render sizes), or of a
     labelled folder."""
-    hips = (
-        load_folder(data, progress=progress)
-        if data
-        else render_set(count, seed, workers=workers, progress=progress)
-    )
+    hips = labelled_set(count, seed, data=data, workers=workers, progress=progress)
     return pelvis_views(hips, size)
 
 
