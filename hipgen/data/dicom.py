@@ -417,8 +417,12 @@ def dicom_summary(path: Path | str) -> dict[str, Any]:
 
 
 # --- writing synthetic images -------------------------------------------------------------------------
-def write_synthetic_dicom(
-    path: Path | str,
+def write_synthetic_dicom(path: Path | str, pixels: np.ndarray, **kwargs: Any) -> None:
+    """:func:`synthetic_dicom_bytes` written atomically (DESIGN §6)."""
+    write_atomic(Path(path), synthetic_dicom_bytes(pixels, **kwargs))
+
+
+def synthetic_dicom_bytes(
     pixels: np.ndarray,
     *,
     record: LabelRecord | None,
@@ -428,10 +432,10 @@ def write_synthetic_dicom(
     pixel_spacing_mm: tuple[float, float] | None,
     bits: int = 16,
     burned_in: bool | None = None,
-) -> None:
-    """Write a Secondary Capture file that says SYNTHETIC in every place a viewer or PACS looks
+) -> bytes:
+    """A Secondary Capture file that says SYNTHETIC in every place a viewer or PACS looks
     (patient name and ID, image comments, Conversion Type SYN, ImageType DERIVED\\SECONDARY, a private
-    block with provenance and the label record), atomically (DESIGN §6). ``burned_in``: whether the
+    block with provenance and the label record). ``burned_in``: whether the
     pixels carry text or drawn annotations (BurnedInAnnotation YES/NO); ``None`` (unknown, e.g. a
     converted image) leaves the attribute out."""
     a = np.asarray(pixels)
@@ -499,7 +503,7 @@ def write_synthetic_dicom(
         block.add_new(_P_LABELS, "UT", json.dumps(record.to_dict(), ensure_ascii=True))
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
-    write_atomic(Path(path), buf.getvalue())
+    return buf.getvalue()
 
 
 def _labels_json(ds: Dataset) -> str | None:

@@ -17,6 +17,17 @@ from typing import Any, Protocol
 import numpy as np
 
 MANIFEST = "MANIFEST.json"
+# ONNX tensor types → numpy, for feeding each input in the dtype its graph declares (the generator's UNet
+# takes int64 timesteps and a bool mask beside float32 pixels; an fp16 export takes float16).
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(bool)": np.bool_,
+    "tensor(uint8)": np.uint8,
+}
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -105,7 +116,8 @@ class OrtBackend:
     def infer(self, model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         sess = self._session(model)
         names = [o.name for o in sess.get_outputs()]
-        feed = {k: np.ascontiguousarray(v, np.float32) for k, v in inputs.items()}
+        types = {i.name: _ORT_DTYPES.get(i.type, np.float32) for i in sess.get_inputs()}
+        feed = {k: np.ascontiguousarray(v, types.get(k, np.float32)) for k, v in inputs.items()}
         return dict(zip(names, sess.run(names, feed), strict=True))
 
     def model_info(self, model: str) -> ModelInfo:

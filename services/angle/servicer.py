@@ -49,8 +49,6 @@ from typing import Any
 
 import grpc
 import numpy as np
-from google.protobuf import any_pb2
-from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram
 
@@ -76,6 +74,7 @@ from hipgen.data.record import LabelRecord
 from hipgen.errors import InputError
 from hipgen.inference.backend import Backend, ModelNotFoundError
 from hipgen.settings import Settings
+from services.errors import FieldViolation, RequestError
 
 log = logging.getLogger("services.angle")
 
@@ -103,53 +102,12 @@ IMAGES_MEASURED = Counter("hipgen_angle_images_measured", "Images measured by An
 
 
 # --- errors -----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FieldViolation:
-    """One bad request field: its path in the request (``image.data``) and why, in one line."""
-
-    field: str
-    description: str
-
-
-class AngleRequestError(Exception):
-    """Why one request gets no measurement: a gRPC code, a one-line message and the bad fields."""
-
-    def __init__(
-        self, code: grpc.StatusCode, message: str, violations: Sequence[FieldViolation] = ()
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.violations = tuple(violations)
-
-    @classmethod
-    def invalid(cls, violations: Sequence[FieldViolation]) -> AngleRequestError:
-        """INVALID_ARGUMENT naming every bad field."""
-        return cls(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "; ".join(f"{v.field}: {v.description}" for v in violations),
-            violations,
-        )
+class AngleRequestError(RequestError):
+    """Why one AngleService request gets no measurement."""
 
     @classmethod
     def internal(cls) -> AngleRequestError:
         return cls(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
-
-    def to_status(self) -> status_pb2.Status:
-        """The ``google.rpc.Status`` of this error, with a ``BadRequest`` detail when fields are named."""
-        status = status_pb2.Status(code=self.code.value[0], message=self.message)
-        if self.violations:
-            detail = any_pb2.Any()
-            detail.Pack(
-                error_details_pb2.BadRequest(
-                    field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                        for v in self.violations
-                    ]
-                )
-            )
-            status.details.append(detail)
-        return status
 
 
 # --- request options --------------------------------------------------------------------------------

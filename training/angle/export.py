@@ -6,9 +6,7 @@ training data, intended use, metrics, the exact command, and the sha256 of the O
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from hipgen.angle.geometry import CROP_SPAN
 from hipgen.angle.measure import DEFAULT_ANGLE_MODEL, DEFAULT_LOCATOR_MODEL
 from training.angle.models import ExportWrapper, KeypointNet, parameter_count
 from training.angle.train import TrainConfig
+from training.repository import install, partial_dir, sha256
 
 OPSET = 17
 LOCATOR_NAME = DEFAULT_LOCATOR_MODEL
@@ -81,14 +80,6 @@ def config_pbtxt(name: str, net: KeypointNet, *, max_batch: int = 32, instances:
     )
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _io(net: KeypointNet) -> tuple[dict[str, Any], dict[str, Any]]:
     s = net.input_size
     crop = net.extras
@@ -145,10 +136,7 @@ def write_model(
 ) -> Path:
     """Write one model entry; returns its directory. Written beside the live entry and swapped in at
     the end, so a failed export leaves the old model whole and no stale version folder survives."""
-    final_dir = Path(repo) / name
-    model_dir = final_dir.with_name(f".{name}.partial")
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
+    model_dir = partial_dir(repo, name)
     onnx_path = export_onnx(net, model_dir / "1" / "model.onnx")
     if parity_max is None:
         rng = np.random.default_rng(0)
@@ -200,15 +188,7 @@ def write_model(
         "license": "Apache-2.0",
     }
     (model_dir / "MANIFEST.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    if final_dir.exists():
-        old = final_dir.with_name(f".{name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        final_dir.rename(old)
-        model_dir.rename(final_dir)
-        shutil.rmtree(old)
-    else:
-        model_dir.rename(final_dir)
-    return final_dir
+    return install(model_dir, repo, name)
 
 
 def lineage(run: Path) -> list[dict[str, Any]]:

@@ -1,0 +1,64 @@
+"""Request errors shared by the services: a gRPC code, a one-line message and the bad request fields,
+sent as ``google.rpc.Status`` with a ``BadRequest`` detail (DESIGN §3)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad request field: its path in the request (``image.data``) and why, in one line."""
+
+    field: str
+    description: str
+
+
+class RequestError(Exception):
+    """Why one request gets no answer: a gRPC code, a one-line message and the bad fields."""
+
+    def __init__(
+        self, code: grpc.StatusCode, message: str, violations: Sequence[FieldViolation] = ()
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.violations = tuple(violations)
+
+    @classmethod
+    def invalid(cls, violations: Sequence[FieldViolation]):  # noqa: ANN206 - the calling subclass
+        """INVALID_ARGUMENT naming every bad field."""
+        return cls(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "; ".join(f"{v.field}: {v.description}" for v in violations),
+            violations,
+        )
+
+    def to_status(self) -> status_pb2.Status:
+        """The ``google.rpc.Status`` of this error, with a ``BadRequest`` detail when fields are named."""
+        status = status_pb2.Status(code=self.code.value[0], message=self.message)
+        if self.violations:
+            detail = any_pb2.Any()
+            detail.Pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                        for v in self.violations
+                    ]
+                )
+            )
+            status.details.append(detail)
+        return status
+
+    def abort(self, context: grpc.ServicerContext) -> None:
+        """End the RPC with this error (raises, as ``context.abort`` does)."""
+        context.abort_with_status(rpc_status.to_status(self.to_status()))
+
+
+__all__ = ["FieldViolation", "RequestError"]
