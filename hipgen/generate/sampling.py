@@ -10,7 +10,7 @@ neighbours or on the batch size.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -62,6 +62,41 @@ def guided(model: ModelFn, x: np.ndarray, t: int, na: np.ndarray, scale: float) 
     return uncond + scale * (cond - uncond)
 
 
+def iter_sample(
+    model: ModelFn,
+    schedule: NoiseSchedule,
+    plan: SamplingPlan,
+    size: int,
+    *,
+    channels: int = 1,
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Denoise one batch, yielding ``(step, total, x)`` after every step (x: (B, channels, size, size)
+    float32 in the model's range, [-1, 1]); the last yield holds the images. A caller that stops
+    iterating stops the computation — that is how a cancelled request stops within one step."""
+    rngs = [np.random.default_rng(int(s)) for s in plan.seeds]
+    shape = (channels, size, size)
+
+    def draw() -> np.ndarray:
+        return np.stack([r.standard_normal(shape, dtype=np.float32) for r in rngs])
+
+    x = draw()
+    na = np.asarray(plan.na, np.float32).reshape(-1, 2)
+    ts = lcm_timesteps(schedule, plan.steps) if plan.sampler == "lcm" else schedule.timesteps(plan.steps)
+    for i, t in enumerate(ts.tolist()):
+        eps = guided(model, x, t, na, plan.guidance_scale).astype(np.float32, copy=False)
+        if plan.sampler == "ddim":
+            x = ddim_step(
+                schedule, eps, t, x, plan.steps, eta=plan.eta, noise=draw() if plan.eta > 0 else None
+            )
+        elif plan.sampler == "lcm":
+            prev = int(ts[i + 1]) if i + 1 < len(ts) else None
+            x = lcm_step(schedule, eps, t, prev, x, noise=draw() if prev is not None else None)
+        else:
+            prev = int(ts[i + 1]) if i + 1 < len(ts) else -1
+            x = ddpm_step(schedule, eps, t, prev, x, noise=draw() if t > 0 else None)
+        yield i + 1, len(ts), x
+
+
 def sample(
     model: ModelFn,
     schedule: NoiseSchedule,
@@ -72,36 +107,19 @@ def sample(
     on_step: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> np.ndarray:
-    """Denoise one batch; returns (B, channels, size, size) float32 in the model's range ([-1, 1])."""
-    rngs = [np.random.default_rng(int(s)) for s in plan.seeds]
-    shape = (channels, size, size)
-    x = np.stack([r.standard_normal(shape, dtype=np.float32) for r in rngs])
-    na = np.asarray(plan.na, np.float32).reshape(-1, 2)
-    ts = lcm_timesteps(schedule, plan.steps) if plan.sampler == "lcm" else schedule.timesteps(plan.steps)
-    for i, t in enumerate(ts.tolist()):
-        if cancelled is not None and cancelled():
-            raise SamplingCancelled(f"cancelled before step {i + 1} of {len(ts)}")
-        eps = guided(model, x, t, na, plan.guidance_scale).astype(np.float32, copy=False)
-        if plan.sampler == "ddim":
-            noise = (
-                np.stack([r.standard_normal(shape, dtype=np.float32) for r in rngs]) if plan.eta > 0 else None
-            )
-            x = ddim_step(schedule, eps, t, x, plan.steps, eta=plan.eta, noise=noise)
-        elif plan.sampler == "lcm":
-            prev = int(ts[i + 1]) if i + 1 < len(ts) else None
-            noise = (
-                np.stack([r.standard_normal(shape, dtype=np.float32) for r in rngs])
-                if prev is not None
-                else None
-            )
-            x = lcm_step(schedule, eps, t, prev, x, noise=noise)
-        else:
-            prev = int(ts[i + 1]) if i + 1 < len(ts) else -1
-            noise = np.stack([r.standard_normal(shape, dtype=np.float32) for r in rngs]) if t > 0 else None
-            x = ddpm_step(schedule, eps, t, prev, x, noise=noise)
+    """Denoise one batch; returns (B, channels, size, size) float32 in the model's range ([-1, 1]).
+    ``cancelled`` is asked before every step (:class:`SamplingCancelled`), ``on_step`` told after."""
+    images = None
+    if cancelled is not None and cancelled():
+        raise SamplingCancelled("cancelled before the first step")
+    for step, total, x in iter_sample(model, schedule, plan, size, channels=channels):
+        images = x
         if on_step is not None:
-            on_step(i + 1, len(ts))
-    return x
+            on_step(step, total)
+        if step < total and cancelled is not None and cancelled():
+            raise SamplingCancelled(f"cancelled before step {step + 1} of {total}")
+    assert images is not None  # a plan has at least one step
+    return images
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
@@ -109,4 +127,4 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
     return np.round((np.clip(x[:, 0], -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
 
 
-__all__ = ["ModelFn", "SamplingCancelled", "SamplingPlan", "guided", "sample", "to_uint8"]
+__all__ = ["ModelFn", "SamplingCancelled", "SamplingPlan", "guided", "iter_sample", "sample", "to_uint8"]

@@ -65,6 +65,10 @@ class NoiseSchedule:
         names = {f.name for f in fields(cls) if f.init}
         return cls(**{k: v for k, v in config.items() if k in names})
 
+    def config(self) -> dict[str, Any]:
+        """The diffusers-style config (JSON-ready) that :meth:`from_config` reads back."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+
     def timesteps(self, num_inference_steps: int) -> np.ndarray:
         """The descending timesteps of an ``num_inference_steps`` run (diffusers' ``set_timesteps``)."""
         n, t = int(num_inference_steps), self.num_train_timesteps
