@@ -49,3 +49,37 @@ def serving_channel(settings: Any, timeout: float = 5.0) -> Iterator[Any]:
             yield ch
     finally:
         server.stop(None).wait()
+
+
+@pytest.fixture(scope="session")
+def tiny_generator_repo(tmp_path_factory: pytest.TempPathFactory, angle_repo: Path) -> Path:
+    """A model repository with a tiny teacher (``generator_ddpm``, 32 px, a few training steps) and its
+    tiny LCM student (``generator_lcm``), both exported the way ``hipgen export generator`` does, beside
+    the committed angle models that label what they make. Needs the training stack."""
+    pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    import numpy as np
+
+    from training.diffusion.distill import DistillConfig, distill
+    from training.diffusion.release import export_generator
+    from training.diffusion.train import DiffusionConfig, DiffusionSet, train
+
+    root = tmp_path_factory.mktemp("generators")
+    rng = np.random.default_rng(0)
+    data = DiffusionSet(rng.uniform(-1, 1, (8, 1, 32, 32)).astype(np.float32), rng.uniform(70, 130, (8, 2)))
+    config = DiffusionConfig(size=32, tiny=True, steps=3, batch_size=4, checkpoint_every=3)
+    teacher = train(config, data, root / "teacher", progress=False)
+    distill(
+        teacher.model,
+        config,
+        DistillConfig(steps=2, batch_size=4, checkpoint_every=2),
+        data,
+        root / "student",
+        progress=False,
+    )
+    repo = root / "repo"
+    export_generator(root / "teacher", repo, "generator_ddpm", version="tiny")
+    export_generator(root / "student", repo, "generator_lcm", version="tiny-lcm")
+    for name in ("angle_keypoints", "angle_locator"):
+        (repo / name).symlink_to((angle_repo / name).resolve())
+    return repo

@@ -173,9 +173,15 @@ def load_folder(path: str | Path, *, progress: bool = True) -> HipSet:
 
 
 def labelled_set(
-    count: int, seed: int, *, data: str | None = None, workers: int = 2, progress: bool = True
+    count: int,
+    seed: int,
+    *,
+    data: str | None = None,
+    sizes: tuple[int, ...] = TRAIN_SIZES,
+    workers: int = 2,
+    progress: bool = True,
 ) -> HipSet:
     """A training set: the labelled folder ``data`` when given, else ``count`` fresh phantoms."""
     if data:
         return load_folder(data, progress=progress)
-    return render_set(count, seed, workers=workers, progress=progress)
+    return render_set(count, seed, sizes=sizes, workers=workers, progress=progress)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from hipgen.angle.geometry import PELVIS_SPAN, apply_affine, normalize_intensity, pelvis_frame, warp
-from training.angle.data import HipSet, labelled_set
+from training.angle.data import SMALL_SIZES, HipSet, labelled_set
 from training.diffusion.train import DiffusionSet
 
 
@@ -36,9 +36,9 @@ def training_views(
     workers: int = 2,
     progress: bool = True,
 ) -> tuple[DiffusionSet, HipSet]:
-    """Pelvis views of ``count`` fresh phantoms (uniform NA 70–130°, several render sizes), or of a
-    labelled folder."""
-    hips = labelled_set(count, seed, data=data, workers=workers, progress=progress)
+    """Pelvis views of ``count`` fresh phantoms (uniform NA 70–130°, rendered 384–640 px wide: enough
+    for a 128² view and several × faster than the angle model's sizes), or of a labelled folder."""
+    hips = labelled_set(count, seed, data=data, sizes=SMALL_SIZES, workers=workers, progress=progress)
     return pelvis_views(hips, size)
 
 

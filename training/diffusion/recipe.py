@@ -21,9 +21,10 @@ from hipgen.generate.conditions import condition_vector
 from hipgen.generate.sampling import SamplingPlan, sample
 from hipgen.generate.schedulers import NoiseSchedule
 from training.diffusion.data import training_views
+from training.diffusion.distill import DistillConfig, DistillRun, distill
 from training.diffusion.export import export_unet
 from training.diffusion.model import NaConditionedUNet, torch_model_fn
-from training.diffusion.train import DiffusionConfig, DiffusionRun, train
+from training.diffusion.train import DiffusionConfig, DiffusionRun, load, save, train
 
 # Requested [left, right] angles of the sample grids: the corners and the centre of the trained range,
 # plus the threshold (105°) on one side.
@@ -46,10 +47,23 @@ class DiffusionRecipe:
     workers: int = 2
 
 
+def schedule_of(config: DiffusionConfig) -> NoiseSchedule:
+    """The numpy sampler's schedule for a model trained with ``config`` (diffusers' DDPMScheduler
+    defaults otherwise: linear betas 1e-4–0.02, clipped x0)."""
+    return NoiseSchedule(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule)
+
+
 def sample_grid(
-    model: NaConditionedUNet, config: DiffusionConfig, path: Path, *, steps: int, guidance_scale: float
+    model: NaConditionedUNet,
+    config: DiffusionConfig,
+    path: Path,
+    *,
+    steps: int,
+    guidance_scale: float,
+    sampler: str = "ddim",
 ) -> Path:
-    """One sample per :data:`GRID_CONDITIONS` pair (DDIM, fixed seeds), titled with what was requested."""
+    """One sample per :data:`GRID_CONDITIONS` pair (DDIM, or LCM for a distilled student; fixed seeds),
+    titled with what was requested."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,20 +72,20 @@ def sample_grid(
     plan = SamplingPlan(
         condition_vector(GRID_CONDITIONS, config.na_range),
         list(range(len(GRID_CONDITIONS))),
-        sampler="ddim",
+        sampler=sampler,  # type: ignore[arg-type]
         steps=steps,
         guidance_scale=guidance_scale,
     )
-    schedule = NoiseSchedule(
-        num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule
-    )
+    schedule = schedule_of(config)
     images = sample(torch_model_fn(model), schedule, plan, config.size)
     fig, axes = plt.subplots(1, len(images), figsize=(2.2 * len(images), 2.6))
     for ax, img, (left, right) in zip(axes, images, GRID_CONDITIONS, strict=True):
         ax.imshow(img[0], cmap="gray", vmin=-1, vmax=1)
         ax.set_title(f"R {right:.0f}° · L {left:.0f}°", fontsize=9)
         ax.axis("off")
-    fig.suptitle(f"requested angles, DDIM-{steps}, guidance {guidance_scale:g}", fontsize=10)
+    fig.suptitle(
+        f"requested angles, {plan.sampler.upper()}-{steps}, guidance {plan.guidance_scale:g}", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -99,6 +113,7 @@ def run(recipe: DiffusionRecipe, out: str | Path, *, progress: bool = True) -> d
     )
 
     def on_checkpoint(r: DiffusionRun) -> None:
+        save(r, out / "model")  # the EMA weights so far: usable (and exportable) while training goes on
         sample_grid(
             r.model,
             config,
@@ -123,4 +138,77 @@ def run(recipe: DiffusionRecipe, out: str | Path, *, progress: bool = True) -> d
     return report
 
 
-__all__ = ["GRID_CONDITIONS", "DiffusionRecipe", "run", "sample_grid"]
+@dataclass
+class DistillRecipe:
+    teacher: str = "runs/diffusion"  # a ``hipgen train diffusion`` run folder
+    count: int = 2000
+    seed: int = 1
+    data: str | None = None
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 1e-5
+    omega: float = 1.0
+    solver: str = "ddim"
+    checkpoint_every: int = 250
+    grid_steps: int = 4  # LCM steps of the sample grids
+    resume: bool = False
+    workers: int = 2
+
+
+def run_distill(recipe: DistillRecipe, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    """``hipgen distill``: the teacher run's EMA model → an LCM student in ``out`` (same files as a
+    training run: checkpoint/, model.pt/.json, unet.onnx, samples_<step>.png, distill.json)."""
+    out = Path(out)
+    teacher_path = Path(recipe.teacher) / "model.pt"
+    if not teacher_path.is_file():
+        raise FileNotFoundError(f"{teacher_path}: no teacher model (run hipgen train diffusion first)")
+    teacher, tconfig = load(teacher_path)
+    dset, _ = training_views(
+        recipe.count,
+        recipe.seed,
+        size=tconfig.size,
+        data=recipe.data,
+        workers=recipe.workers,
+        progress=progress,
+    )
+    config = DistillConfig(
+        steps=recipe.steps,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        omega=recipe.omega,
+        solver=recipe.solver,
+        seed=recipe.seed,
+        checkpoint_every=recipe.checkpoint_every,
+        na_range=tconfig.na_range,
+    )
+
+    def on_checkpoint(r: DistillRun) -> None:
+        grid = out / f"samples_{r.steps:06d}.png"
+        sample_grid(r.model, tconfig, grid, steps=recipe.grid_steps, guidance_scale=1.0, sampler="lcm")
+
+    result = distill(
+        teacher,
+        tconfig,
+        config,
+        dset,
+        out,
+        resume=recipe.resume,
+        progress=progress,
+        on_checkpoint=on_checkpoint,
+    )
+    export_unet(result.model, out / "unet.onnx")
+    report = {
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "recipe": asdict(recipe),
+        "config": asdict(config),
+        "teacher": str(teacher_path),
+        "train_images": len(dset.images),
+        "steps": result.steps,
+        "loss_first_50": float(np.mean(result.losses[:50])) if result.losses else None,
+        "loss_last_50": float(np.mean(result.losses[-50:])) if result.losses else None,
+    }
+    (out / "distill.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+__all__ = ["GRID_CONDITIONS", "DiffusionRecipe", "DistillRecipe", "run", "run_distill", "sample_grid"]
