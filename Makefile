@@ -57,6 +57,7 @@ lint: setup
 bench: setup-train
 	$(BIN)/python bench/phantom/bench_phantom.py
 	$(BIN)/python bench/angle/bench_angle.py
+	$(BIN)/python bench/generate/bench_generate.py
 
 phantom-grid: setup
 	$(BIN)/hipgen grid --out docs/phantom_grid.png

@@ -844,5 +844,7 @@ def version() -> None:
     print(__version__)
 
 
+from hipgen import cli_generate  # noqa: E402, F401 - registers generate, distill, export/evaluate generator
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

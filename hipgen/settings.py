@@ -83,6 +83,12 @@ class Settings(BaseSettings):
         "generation and below the pod's terminationGracePeriodSeconds.",
     )
     max_workers: int = Field(8, ge=1, description="Threads serving RPCs concurrently.")
+    generate_max_images: int = Field(
+        64, ge=1, description="Most images one GenerateService call may ask for (conditions × images each)."
+    )
+    generate_batch_size: int = Field(
+        8, ge=1, description="Images GenerateService denoises together (one UNet call per step)."
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

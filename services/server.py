@@ -63,8 +63,15 @@ def angle_servicer(settings: Settings) -> angle_pb2_grpc.AngleServiceServicer:
 
 
 def generate_servicer(settings: Settings) -> generate_pb2_grpc.GenerateServiceServicer:
-    """GenerateService (UNIMPLEMENTED until the generate-service issue lands)."""
-    return generate_pb2_grpc.GenerateServiceServicer()
+    """GenerateService on the embedded ONNX Runtime backend: ``generator_ddpm`` (DDPM/DDIM) and
+    ``generator_lcm`` (LCM), labelled by the default angle model. Models load now; without them the
+    server still starts and Generate answers FAILED_PRECONDITION naming the missing model."""
+    from hipgen.inference.backend import OrtBackend
+    from services.generate import GenerateServicer
+
+    servicer = GenerateServicer(OrtBackend(settings.model_repository), settings)
+    servicer.warm_up()
+    return servicer
 
 
 def score_servicer(settings: Settings) -> score_pb2_grpc.ScoreServiceServicer:
