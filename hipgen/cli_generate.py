@@ -41,8 +41,8 @@ def generate(
     in-process): PNGs marked synthetic + metadata.csv (measured labels) + generation.jsonl (requested
     angles, seed, sampler, steps, guidance, measured angles and keypoints)."""
     from hipgen.angle.measure import measurer_from_backend
-    from hipgen.data.imagefolder import ImageFolderWriter
-    from hipgen.data.images import write_atomic
+    from hipgen.data.imagefolder import ImageFolderWriter, synthetic_text
+    from hipgen.data.images import encode_png, write_atomic
     from hipgen.generate.conditions import NaRequest
     from hipgen.generate.generator import DEFAULT_GENERATOR, DEFAULT_LCM_GENERATOR, Generator, choose_sampler
     from hipgen.generate.label import auto_label
@@ -80,7 +80,11 @@ def generate(
                         file_names=names,
                     )
                     for img, lab in zip(images, labels, strict=True):
-                        writer.add(lab.record, img)
+                        if lab.record is not None:
+                            writer.add(lab.record, img)
+                        else:  # kept for inspection, outside the labelled set
+                            text = synthetic_text(name, gen.version, lab.seed)
+                            write_atomic(out / "unmeasured" / lab.file_name, encode_png(img, text=text))
                         rows.append(lab.to_dict())
                         if as_json:
                             print(json.dumps(rows[-1]), flush=True)
@@ -90,13 +94,17 @@ def generate(
             write_atomic(out / "generation.jsonl", text.encode())
     if not as_json:
         _print_generated(rows, na_left, na_right)
-    console.print(f"wrote {len(rows)} images, metadata.csv and generation.jsonl to {out}")
+    lost = sum(not r["measured"] for r in rows)
+    note = f" ({lost} not measurable: in {out}/unmeasured/, unlabelled)" if lost else ""
+    console.print(f"wrote {len(rows)} images, metadata.csv and generation.jsonl to {out}{note}")
 
 
 def _print_generated(rows: list[dict[str, Any]], na_left: float, na_right: float) -> None:
     table = Table("side", "requested °", "measured mean °", "sd °", "min °", "max °")
     for side, asked in (("right", na_right), ("left", na_left)):
-        v = np.array([r[f"na_{side}"] for r in rows], np.float64)
+        v = np.array([r[f"na_{side}"] for r in rows if r["measured"]], np.float64)
+        if not len(v):
+            continue
         table.add_row(
             side, f"{asked:.1f}", f"{v.mean():.1f}", f"{v.std():.1f}", f"{v.min():.1f}", f"{v.max():.1f}"
         )
@@ -144,10 +152,11 @@ def distill(
     )
     with _user_errors():
         report = mod.run_distill(recipe, out)
-    console.print(
-        f"distilled {report['steps']} steps; "
-        f"loss {report['loss_first_50']:.5f} → {report['loss_last_50']:.5f}"
-    )
+    if report["loss_first_50"] is not None:
+        console.print(
+            f"distilled {report['steps']} steps; "
+            f"loss {report['loss_first_50']:.5f} → {report['loss_last_50']:.5f}"
+        )
     console.print(f"wrote {out}/model.pt, {out}/unet.onnx, {out}/distill.json, {out}/samples_*.png")
 
 
@@ -164,8 +173,8 @@ def export_generator(
 ) -> None:
     """Export a generator's UNet to ONNX with config.pbtxt and MANIFEST.json (sampling defaults inside)."""
     mod = _training("training.diffusion.release")
-    if not (run / "model.pt").is_file():
-        raise _fail(f"{run}: no model.pt (train or distil into it first)")
+    if not (run / "model.pt").is_file() or not (run / "model.json").is_file():
+        raise _fail(f"{run}: no model.pt/model.json (train or distil into it first)")
     student = "distill" in json.loads((run / "model.json").read_text())
     name = name or ("generator_lcm" if student else "generator_ddpm")
     with _user_errors():

@@ -11,6 +11,8 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+MAX_VIOLATIONS = 10
+
 
 @dataclass(frozen=True)
 class FieldViolation:
@@ -33,7 +35,14 @@ class RequestError(Exception):
 
     @classmethod
     def invalid(cls, violations: Sequence[FieldViolation]):  # noqa: ANN206 - the calling subclass
-        """INVALID_ARGUMENT naming every bad field."""
+        """INVALID_ARGUMENT naming every bad field — at most :data:`MAX_VIOLATIONS` of them, so that the
+        status stays well inside gRPC's default 8 KiB of trailing metadata."""
+        if len(violations) > MAX_VIOLATIONS:
+            more = len(violations) - MAX_VIOLATIONS + 1
+            violations = [
+                *violations[: MAX_VIOLATIONS - 1],
+                FieldViolation("…", f"and {more} more bad fields like these"),
+            ]
         return cls(
             grpc.StatusCode.INVALID_ARGUMENT,
             "; ".join(f"{v.field}: {v.description}" for v in violations),
@@ -61,4 +70,4 @@ class RequestError(Exception):
         context.abort_with_status(rpc_status.to_status(self.to_status()))
 
 
-__all__ = ["FieldViolation", "RequestError"]
+__all__ = ["MAX_VIOLATIONS", "FieldViolation", "RequestError"]

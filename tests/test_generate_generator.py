@@ -46,6 +46,7 @@ def test_sampler_choice_defaults_and_refusals(tiny_generator_repo: Path) -> None
         (student, ("lcm", 51, None), "steps"),
         (teacher, (None, None, float("nan")), "guidance_scale"),
         (teacher, (None, None, 21.0), "guidance_scale"),
+        (student, ("lcm", None, 2.0), "guidance_scale"),  # its guidance is distilled in
     ]:
         with pytest.raises(ConditionError) as err:
             choose_sampler(spec, *args)
@@ -65,6 +66,10 @@ def test_onnx_generation_is_deterministic_per_image_and_labelled(tiny_generator_
     assert np.abs(batch[0] - batch[2]).max() > 0.05
     with pytest.raises(ConditionError, match="na_right"):
         gen.plan([NaRequest(100, 131)], [0], choice)
+    assert [e.field for e in NaRequest(60, float("inf")).problems(gen.spec.na_range)] == [
+        "na_left",
+        "na_right",
+    ]
     labels = auto_label(
         measurer_from_backend(backend),
         batch,

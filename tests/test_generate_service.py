@@ -130,6 +130,8 @@ def test_dicom_output_is_marked_synthetic(tiny_generator_repo: Path) -> None:
         ({"sampler": 4, "steps": 51}, [(100.0, 100.0)], "steps"),
         ({"guidance_scale": -1.0}, [(100.0, 100.0)], "guidance_scale"),
         ({"guidance_scale": float("inf")}, [(100.0, 100.0)], "guidance_scale"),
+        ({"sampler": 4, "guidance_scale": 2.0}, [(100.0, 100.0)], "guidance_scale"),
+        ({"model_name": "nope", "image_size": 8}, [(100.0, 100.0)], "image_size"),  # reported together
         ({"model_name": "../etc"}, [(100.0, 100.0)], "model_name"),
         ({"model_name": "nope"}, [(100.0, 100.0)], "model_name"),
         ({"model_name": "angle_keypoints"}, [(100.0, 100.0)], "model_name"),
@@ -144,6 +146,18 @@ def test_bad_requests_name_the_field(tiny_generator_repo: Path, request_kw, pair
             list(stub.Generate(_request(*pairs, **request_kw), timeout=30))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in _violations(err.value), _violations(err.value)
+
+
+def test_every_bad_side_is_named_but_the_status_stays_small(tiny_generator_repo: Path) -> None:
+    with serving_channel(_settings(tiny_generator_repo)) as ch:
+        stub = generate_pb2_grpc.GenerateServiceStub(ch)
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.Generate(_request((60.0, 140.0)), timeout=30))
+        assert set(_violations(err.value)) == {"conditions[0].na_left_deg", "conditions[0].na_right_deg"}
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.Generate(_request(*[(10.0, 200.0)] * 40), timeout=30))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(_violations(err.value)) == 10 and "71 more" in err.value.details()
 
 
 def test_missing_default_generator_is_a_deployment_fault(tmp_path: Path, angle_repo: Path) -> None:

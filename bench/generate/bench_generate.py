@@ -87,6 +87,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from hipgen.angle.measure import measurer_from_backend
+    from hipgen.generate.label import measure_each, measured_angles
     from hipgen.inference.backend import OrtBackend
     from hipgen.metrics.fidelity import angle_fidelity
     from hipgen.settings import Settings
@@ -108,8 +109,7 @@ def main() -> None:
             t8, images = _in_process(args.repo, model, sampler, steps, 8)
             g1 = _grpc(port, model, sampler, steps, 1)
             g8 = _grpc(port, model, sampler, steps, 8)
-            found = measurer.measure(list(images))
-            measured = np.array([[m.na_left, m.na_right] for m in found])
+            measured = measured_angles(measure_each(measurer, list(images)))
             fid = angle_fidelity(np.array(CONDITIONS, np.float64), measured)["both"]
             rows.append(
                 {

@@ -41,10 +41,15 @@ def png_text(record: LabelRecord | None) -> dict[str, str]:
     """PNG tEXt chunks: the synthetic flag and provenance (nothing for a real image)."""
     if record is None or not record.synthetic:
         return {}
+    return synthetic_text(record.generator, record.model_version, record.seed)
+
+
+def synthetic_text(generator: str | None, model_version: str | None, seed: int | None) -> dict[str, str]:
+    """The ``hipgen:*`` text chunks that mark a PNG synthetic (DESIGN §6), with what is known."""
     out = {"hipgen:synthetic": "true", "hipgen:version": __version__}
-    for k in ("generator", "model_version", "seed"):
-        if getattr(record, k) is not None:
-            out[f"hipgen:{k}"] = str(getattr(record, k))
+    for k, v in (("generator", generator), ("model_version", model_version), ("seed", seed)):
+        if v is not None:
+            out[f"hipgen:{k}"] = str(v)
     return out
 
 

@@ -30,14 +30,25 @@ class NaRequest:
     na_left: float
     na_right: float
 
-    def validated(self, na_range: tuple[float, float] = TRAINED_NA_RANGE) -> NaRequest:
+    def problems(self, na_range: tuple[float, float] = TRAINED_NA_RANGE) -> list[ConditionError]:
+        """Every side the generator cannot honour (both are checked, so a caller reports both at once)."""
         lo, hi = na_range
+        out = []
         for name in ("na_left", "na_right"):
             v = getattr(self, name)
             if not np.isfinite(v):
-                raise ConditionError(name, f"must be a finite angle in degrees, got {v!r}")
-            if not lo <= v <= hi:
-                raise ConditionError(name, f"{v:g}° is outside the generator's trained range {lo:g}–{hi:g}°")
+                out.append(ConditionError(name, f"must be a finite angle in degrees, got {v!r}"))
+            elif not lo <= v <= hi:
+                out.append(
+                    ConditionError(name, f"{v:g}° is outside the generator's trained range {lo:g}–{hi:g}°")
+                )
+        return out
+
+    def validated(self, na_range: tuple[float, float] = TRAINED_NA_RANGE) -> NaRequest:
+        """This request, or the first :class:`ConditionError`."""
+        problems = self.problems(na_range)
+        if problems:
+            raise problems[0]
         return self
 
 

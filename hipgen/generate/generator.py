@@ -62,7 +62,7 @@ class GeneratorSpec:
                 default_guidance=float(g.get("default_guidance", 1.0)),
                 max_steps=int(g["schedule"].get("num_train_timesteps", 1000)),
             )
-        except (KeyError, TypeError, ValueError, IndexError) as e:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
             raise NotAGeneratorError(f"model {model!r}: malformed 'generator' section ({e})") from None
 
     def manifest_section(self) -> dict[str, Any]:
@@ -107,6 +107,10 @@ def choose_sampler(
     g = spec.default_guidance if guidance_scale is None else float(guidance_scale)
     if not (math.isfinite(g) and 0.0 <= g <= MAX_GUIDANCE):
         raise ConditionError("guidance_scale", f"must be a finite number in [0, {MAX_GUIDANCE:g}], got {g}")
+    if name == "lcm" and g != 1.0:  # the student never learnt an unconditional branch to guide with
+        raise ConditionError(
+            "guidance_scale", f"the LCM student has its guidance distilled in; leave it unset or 1, got {g:g}"
+        )
     return SamplerChoice(name, int(n), g)
 
 

@@ -79,7 +79,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
         raise ValueError(f"need two (N ≥ 2, D) feature sets of the same D, got {a.shape} and {b.shape}")
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    root = linalg.sqrtm(cov_a @ cov_b)
     if not np.isfinite(root).all():  # singular product: offset both, as pytorch-fid does
         eps = np.eye(len(cov_a)) * 1e-6
         root = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))

@@ -16,6 +16,7 @@ from hipgen.angle.features import AngleFeatures
 from hipgen.angle.measure import measurer_from_backend
 from hipgen.generate.conditions import NaRequest
 from hipgen.generate.generator import Generator, choose_sampler
+from hipgen.generate.label import measure_each, measured_angles
 from hipgen.inference.backend import OrtBackend
 from hipgen.metrics.fidelity import DEFAULT_GRID, angle_fidelity, fidelity_grid, frechet_distance
 from training.diffusion.data import training_views
@@ -71,8 +72,7 @@ def evaluate(
     bar.close()
     seconds = time.perf_counter() - t0
     images_arr = np.concatenate(images)
-    found = measurer.measure(list(images_arr))
-    measured = np.array([[m.na_left, m.na_right] for m in found], np.float64)
+    measured = measured_angles(measure_each(measurer, list(images_arr)))
     fidelity = {k: v.to_dict() for k, v in angle_fidelity(requested, measured).items()}
     metrics: dict[str, Any] = {
         "sampler": choice.sampler,

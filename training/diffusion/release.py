@@ -6,6 +6,7 @@ their defaults). Fidelity metrics are added by ``hipgen evaluate generator --rec
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,14 @@ def export_generator(
     meta = json.loads((run / "model.json").read_text())
     student = "distill" in meta
     schedule = schedule_of(config)
+    if student:  # LCMScheduler's grid is the distillation's (T // k points), x0 unclipped as distilled
+        d = meta["distill"]
+        schedule = replace(
+            schedule,
+            original_inference_steps=config.num_train_timesteps // int(d["skip"]),
+            timestep_scaling=float(d["timestep_scaling"]),
+            clip_sample=False,
+        )
     spec = GeneratorSpec(
         size=config.size,
         na_range=tuple(config.na_range),  # type: ignore[arg-type]
