@@ -135,3 +135,44 @@ def test_frechet_distance_matches_torchmetrics() -> None:
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError):
         frechet_distance(a, b[:, :5])
+
+
+class _PickyMeasurer:
+    """Measures like the angle model, but finds no hips in an all-black image (as a failed sample)."""
+
+    def __init__(self, real) -> None:  # noqa: ANN001
+        self.real = real
+
+    def measure(self, images):  # noqa: ANN001, ANN201
+        if any(im.max() == 0 for im in images):
+            raise ValueError("the located heads coincide")
+        return self.real.measure(images)
+
+
+def test_an_unmeasurable_sample_costs_only_its_own_label(angle_repo: Path) -> None:
+    from hipgen.generate.generator import SamplerChoice
+    from hipgen.generate.label import measure_each, measured_angles
+    from hipgen.phantom import PhantomSpec, render_phantom
+
+    good = render_phantom(PhantomSpec(width=256, height=256), seed=3).pixels.astype(np.float32)
+    images = [good, np.zeros_like(good), good]
+    measurer = _PickyMeasurer(measurer_from_backend(OrtBackend(angle_repo)))
+    found = measure_each(measurer, images)
+    assert found[1] is None and found[0] is not None and found[2] is not None
+    angles = measured_angles(found)
+    assert np.isnan(angles[1]).all() and np.isfinite(angles[[0, 2]]).all()
+    labels = auto_label(
+        measurer,
+        images,
+        [NaRequest(100, 100)] * 3,
+        [1, 2, 3],
+        SamplerChoice("ddim", 4, 2.0),
+        generator="g",
+        model_version="v",
+        file_names=["a.png", "b.png", "c.png"],
+    )
+    assert labels[1].record is None and labels[0].record is not None
+    row = labels[1].to_dict()
+    assert (
+        row["measured"] is False and "na_left" not in row and row["seed"] == 2 and row["file_name"] == "b.png"
+    )

@@ -77,18 +77,22 @@ def auto_label(
     file_names: Sequence[str],
 ) -> list[GeneratedLabel]:
     """Measure ``images`` (float [0, 1] (S, S)) with an :class:`~hipgen.angle.measure.AngleMeasurer`."""
-    found = measurer.measure(list(images))
     out = []
-    for m, req, seed, name in zip(found, requested, seeds, file_names, strict=True):
-        rec = LabelRecord.from_keypoints(
-            name,
-            m.keypoints,
-            synthetic=True,
-            generator=generator,
-            model_version=model_version,
-            seed=int(seed),
-        )
-        out.append(GeneratedLabel(rec, req, choice))
+    for m, req, seed, name in zip(measure_each(measurer, images), requested, seeds, file_names, strict=True):
+        rec = None
+        if m is not None:
+            try:
+                rec = LabelRecord.from_keypoints(
+                    name,
+                    m.keypoints,
+                    synthetic=True,
+                    generator=generator,
+                    model_version=model_version,
+                    seed=int(seed),
+                )
+            except ValueError:  # a non-finite angle from degenerate points
+                rec = None
+        out.append(GeneratedLabel(rec, req, choice, name, int(seed)))
     return out
 
 
