@@ -445,6 +445,9 @@ def train_diffusion(
     grid_steps: Annotated[int, typer.Option(min=1, help="DDIM steps of the sample grids")] = 25,
     resume: Annotated[bool, typer.Option(help="continue from OUT/checkpoint")] = False,
     workers: Annotated[int, typer.Option(min=1, help="render processes")] = 2,
+    vae: Annotated[
+        Path | None, typer.Option(help="a `hipgen train vae` run: denoise its latents (the SD-like path)")
+    ] = None,
 ) -> None:
     """Train the angle-conditioned diffusion generator on pelvis views (DDPM, EMA, CFG dropout)."""
     mod = _training("training.diffusion.recipe")
@@ -464,7 +467,10 @@ def train_diffusion(
         grid_steps=grid_steps,
         resume=resume,
         workers=workers,
+        vae=str(vae) if vae else None,
     )
+    if vae is not None and not (vae / "vae.json").is_file():
+        raise _fail(f"{vae}: no vae.json (run `hipgen train vae --out {vae}` first)")
     with _user_errors():
         report = mod.run(recipe, out)
     console.print(

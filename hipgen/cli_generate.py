@@ -15,7 +15,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hipgen.cli import _fail, _progress, _training, _user_errors, app, console, evaluate_app, export_app
+from hipgen.cli import (
+    _fail,
+    _progress,
+    _training,
+    _user_errors,
+    app,
+    console,
+    evaluate_app,
+    export_app,
+    train_app,
+)
 
 SamplerOpt = Annotated[
     str | None, typer.Option(help="ddim | ddpm | lcm (default: the generator's own; lcm picks generator_lcm)")
@@ -109,6 +119,41 @@ def _print_generated(rows: list[dict[str, Any]], na_left: float, na_right: float
             side, f"{asked:.1f}", f"{v.mean():.1f}", f"{v.std():.1f}", f"{v.min():.1f}", f"{v.max():.1f}"
         )
     Console().print(table)
+
+
+@train_app.command("vae")
+def train_vae(
+    out: Annotated[Path, typer.Option("--out", "-o", help="run folder")] = Path("runs/vae"),
+    count: Annotated[int, typer.Option(min=1, help="phantoms to render")] = 2000,
+    data: Annotated[Path | None, typer.Option(help="train on this labelled folder instead")] = None,
+    seed: int = 2,
+    size: Annotated[int, typer.Option(min=16, max=1024, help="pelvis-view side, pixels (256 or 512)")] = 256,
+    tiny: Annotated[bool, typer.Option(help="the test-sized VAE")] = False,
+    steps: Annotated[int, typer.Option(min=1)] = 3000,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    workers: Annotated[int, typer.Option(min=1)] = 2,
+) -> None:
+    """Train the latent path's AutoencoderKL (then `hipgen train diffusion --vae OUT`)."""
+    mod = _training("training.diffusion.recipe")
+    if data is not None and not data.exists():
+        raise _fail(f"{data}: no such folder")
+    recipe = mod.VaeRecipe(
+        count=count,
+        seed=seed,
+        data=str(data) if data else None,
+        size=size,
+        tiny=tiny,
+        steps=steps,
+        batch_size=batch_size,
+        workers=workers,
+    )
+    with _user_errors():
+        report = mod.run_vae(recipe, out)
+    console.print(
+        f"VAE trained; reconstruction L1 {report['reconstruction_l1']:.4f}, "
+        f"scaling {report['scaling_factor']:.3f}"
+    )
+    console.print(f"wrote {out}/vae/, {out}/vae.json, {out}/reconstructions.png")
 
 
 @app.command()

@@ -44,6 +44,9 @@ class GeneratorSpec:
     default_steps: dict[str, int]
     default_guidance: float
     max_steps: int = 1000
+    # latent path: {"channels": C, "size": s, "decoder": "<model>"}: the UNet denoises (C, s, s) latents
+    # that the decoder model turns into the (1, size, size) image
+    latent: dict[str, Any] | None = None
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any], model: str = "") -> GeneratorSpec:
@@ -61,6 +64,7 @@ class GeneratorSpec:
                 default_steps={k: int(v) for k, v in g.get("default_steps", DEFAULT_STEPS).items()},
                 default_guidance=float(g.get("default_guidance", 1.0)),
                 max_steps=int(g["schedule"].get("num_train_timesteps", 1000)),
+                latent=_latent(g.get("latent")),
             )
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
             raise NotAGeneratorError(f"model {model!r}: malformed 'generator' section ({e})") from None
@@ -75,7 +79,18 @@ class GeneratorSpec:
             "default_sampler": self.default_sampler,
             "default_steps": dict(self.default_steps),
             "default_guidance": self.default_guidance,
+            **({"latent": dict(self.latent)} if self.latent else {}),
         }
+
+
+def _latent(section: Any) -> dict[str, Any] | None:
+    if section is None:
+        return None
+    return {
+        "channels": int(section["channels"]),
+        "size": int(section["size"]),
+        "decoder": str(section["decoder"]),
+    }
 
 
 @dataclass(frozen=True)
@@ -164,10 +179,24 @@ class Generator:
         cancelled: Callable[[], bool] | None = None,
     ) -> np.ndarray:
         """Denoise one batch → (B, S, S) float32 images in [0, 1]."""
+        channels, size = self.sample_shape()
+        fn = self.model_fn()
         x = sample(
-            self.model_fn(), self.spec.schedule, plan, self.spec.size, on_step=on_step, cancelled=cancelled
+            fn, self.spec.schedule, plan, size, channels=channels, on_step=on_step, cancelled=cancelled
         )
-        return to_unit(x)
+        return to_unit(self.decode(x))
+
+    def sample_shape(self) -> tuple[int, int]:
+        """(channels, side) of what the UNet denoises: (1, image side), or the latents'."""
+        if self.spec.latent:
+            return self.spec.latent["channels"], self.spec.latent["size"]
+        return 1, self.spec.size
+
+    def decode(self, x: np.ndarray) -> np.ndarray:
+        """Denoised samples → (B, 1, S, S) images in [-1, 1]: latents through the decoder model."""
+        if not self.spec.latent:
+            return x
+        return np.asarray(self.backend.infer(self.spec.latent["decoder"], {"latent": x})["image"], np.float32)
 
 
 def to_unit(x: np.ndarray) -> np.ndarray:

@@ -283,7 +283,8 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
             reqs = job.requests[start : start + self.batch_size]
             seeds = [(job.seed + start + j) % 2**64 for j in range(len(reqs))]
             plan = gen.plan(reqs, seeds, job.choice)
-            steps = iter_sample(gen.model_fn(), gen.spec.schedule, plan, gen.spec.size)
+            channels, side = gen.sample_shape()
+            steps = iter_sample(gen.model_fn(), gen.spec.schedule, plan, side, channels=channels)
             x = None
             while True:
                 if not context.is_active():
@@ -308,7 +309,7 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
                 )
             if not context.is_active():
                 return
-            images = _resized(to_unit(x), job.image_size)
+            images = _resized(to_unit(gen.decode(x)), job.image_size)
             if not np.isfinite(images).all():
                 raise FloatingPointError(f"generator {job.model!r} returned non-finite pixels")
             names = [f"generated_{s}.png" for s in seeds]

@@ -16,13 +16,14 @@ OUTPUT = "noise"
 
 
 def export_unet(model: NaConditionedUNet, path: str | Path) -> Path:
-    """ONNX with a dynamic batch: sample (B, 1, S, S) f32, timestep (B,) int64, na (B, 2) f32 scaled by
-    :func:`hipgen.generate.conditions.condition_vector`, keep (B,) bool → noise (B, 1, S, S)."""
+    """ONNX with a dynamic batch: sample (B, C, S, S) f32 (C = 1 pixels, or latent channels), timestep
+    (B,) int64, na (B, 2) f32 scaled by :func:`hipgen.generate.conditions.condition_vector`, keep (B,)
+    bool → noise (B, C, S, S)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    s = int(model.config["sample_size"])
+    s, c = int(model.config["sample_size"]), int(model.config["in_channels"])
     example = (
-        torch.zeros(2, 1, s, s),
+        torch.zeros(2, c, s, s),
         torch.tensor([10, 500], dtype=torch.int64),
         torch.zeros(2, 2),
         torch.tensor([True, False]),

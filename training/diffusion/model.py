@@ -26,13 +26,14 @@ def fourier_features(na: torch.Tensor, n_frequencies: int = N_FREQUENCIES) -> to
     return torch.cat([na, angles.sin().flatten(1), angles.cos().flatten(1)], dim=1)
 
 
-def unet_config(size: int = 128, *, tiny: bool = False) -> dict[str, Any]:
-    """UNet2DModel settings: the default for 128² pixel space, or a tiny one for tests."""
+def unet_config(size: int = 128, *, tiny: bool = False, channels: int = 1) -> dict[str, Any]:
+    """UNet2DModel settings: the default for 128² pixel space (or ``channels`` latents), or a tiny one
+    for tests."""
     if tiny:
         return dict(
             sample_size=size,
-            in_channels=1,
-            out_channels=1,
+            in_channels=channels,
+            out_channels=channels,
             block_out_channels=(16, 32),
             layers_per_block=1,
             down_block_types=("DownBlock2D", "AttnDownBlock2D"),
@@ -44,8 +45,8 @@ def unet_config(size: int = 128, *, tiny: bool = False) -> dict[str, Any]:
     # this was trained on does ~1 step/s at batch 16 (the 4-level (32, 64, 128, 128) UNet: ~9 s).
     return dict(
         sample_size=size,
-        in_channels=1,
-        out_channels=1,
+        in_channels=channels,
+        out_channels=channels,
         block_out_channels=(16, 32, 64, 128, 128),
         layers_per_block=1,
         down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),

@@ -24,7 +24,7 @@ from training.diffusion.data import training_views
 from training.diffusion.distill import DistillConfig, DistillRun, distill
 from training.diffusion.export import export_unet
 from training.diffusion.model import NaConditionedUNet, torch_model_fn
-from training.diffusion.train import DiffusionConfig, DiffusionRun, load, save, train
+from training.diffusion.train import DiffusionConfig, DiffusionRun, DiffusionSet, load, save, train
 
 # Requested [left, right] angles of the sample grids: the corners and the centre of the trained range,
 # plus the threshold (105°) on one side.
@@ -45,6 +45,7 @@ class DiffusionRecipe:
     guidance_scale: float = 2.0
     resume: bool = False
     workers: int = 2
+    vae: str | None = None  # a ``hipgen train vae`` run: denoise its latents (the SD-like path)
 
 
 def schedule_of(config: DiffusionConfig) -> NoiseSchedule:
@@ -61,6 +62,7 @@ def sample_grid(
     steps: int,
     guidance_scale: float,
     sampler: str = "ddim",
+    decode: Any = None,
 ) -> Path:
     """One sample per :data:`GRID_CONDITIONS` pair (DDIM, or LCM for a distilled student; fixed seeds),
     titled with what was requested."""
@@ -77,7 +79,9 @@ def sample_grid(
         guidance_scale=guidance_scale,
     )
     schedule = schedule_of(config)
-    images = sample(torch_model_fn(model), schedule, plan, config.size)
+    images = sample(torch_model_fn(model), schedule, plan, config.size, channels=config.channels)
+    if decode is not None:  # latents → pixels
+        images = decode(images)
     fig, axes = plt.subplots(1, len(images), figsize=(2.2 * len(images), 2.6))
     for ax, img, (left, right) in zip(axes, images, GRID_CONDITIONS, strict=True):
         ax.imshow(img[0], cmap="gray", vmin=-1, vmax=1)
@@ -95,16 +99,27 @@ def sample_grid(
 def run(recipe: DiffusionRecipe, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    vae = decode = None
+    size = recipe.size
+    if recipe.vae:
+        from training.diffusion.vae import decoder_fn, encode, load_vae
+
+        vae, scaling, vae_cfg = load_vae(recipe.vae)
+        size = vae_cfg.size
+        decode = decoder_fn(vae, scaling)
     dset, _ = training_views(
         recipe.count,
         recipe.seed,
-        size=recipe.size,
+        size=size,
         data=recipe.data,
         workers=recipe.workers,
         progress=progress,
     )
+    if vae is not None:
+        dset = DiffusionSet(encode(vae, dset.images, scaling), dset.na)
     config = DiffusionConfig(
-        size=recipe.size,
+        size=dset.images.shape[-1],
+        channels=dset.images.shape[1],
         tiny=recipe.tiny,
         steps=recipe.steps,
         batch_size=recipe.batch_size,
@@ -120,6 +135,7 @@ def run(recipe: DiffusionRecipe, out: str | Path, *, progress: bool = True) -> d
             out / f"samples_{r.steps:06d}.png",
             steps=recipe.grid_steps,
             guidance_scale=recipe.guidance_scale,
+            decode=decode,
         )
 
     result = train(config, dset, out, resume=recipe.resume, progress=progress, on_checkpoint=on_checkpoint)
@@ -136,6 +152,70 @@ def run(recipe: DiffusionRecipe, out: str | Path, *, progress: bool = True) -> d
     }
     (out / "train.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+@dataclass
+class VaeRecipe:
+    count: int = 2000
+    seed: int = 2
+    data: str | None = None
+    size: int = 256
+    tiny: bool = False
+    steps: int = 3000
+    batch_size: int = 8
+    workers: int = 2
+
+
+def run_vae(recipe: VaeRecipe, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    """``hipgen train vae``: the latent path's AutoencoderKL on pelvis views at ``recipe.size``; writes
+    ``out/vae/`` (diffusers layout), ``vae.json`` (config, scaling factor) and ``reconstructions.png``."""
+    from training.diffusion.vae import VaeConfig, decoder_fn, encode, train_vae
+
+    out = Path(out)
+    config = VaeConfig(
+        size=recipe.size, tiny=recipe.tiny, steps=recipe.steps, batch_size=recipe.batch_size, seed=recipe.seed
+    )
+    dset, _ = training_views(
+        recipe.count,
+        recipe.seed,
+        size=recipe.size,
+        data=recipe.data,
+        workers=recipe.workers,
+        progress=progress,
+    )
+    vae, scaling = train_vae(config, dset.images, out, progress=progress)
+    shown = dset.images[:6]
+    recon = decoder_fn(vae, scaling)(encode(vae, shown, scaling))
+    l1 = float(np.abs(recon - shown).mean())
+    _pairs_figure(
+        shown, recon, out / "reconstructions.png", f"VAE ÷{config.factor}: top input, bottom decoded"
+    )
+    report = {
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "recipe": asdict(recipe),
+        "scaling_factor": scaling,
+        "reconstruction_l1": l1,
+        "train_images": len(dset.images),
+    }
+    (out / "train.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _pairs_figure(top: np.ndarray, bottom: np.ndarray, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(top), figsize=(2.2 * len(top), 4.6), squeeze=False)
+    for k in range(len(top)):
+        for row, img in ((0, top[k]), (1, bottom[k])):
+            axes[row, k].imshow(img[0], cmap="gray", vmin=-1, vmax=1)
+            axes[row, k].axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 @dataclass
@@ -211,4 +291,13 @@ def run_distill(recipe: DistillRecipe, out: str | Path, *, progress: bool = True
     return report
 
 
-__all__ = ["GRID_CONDITIONS", "DiffusionRecipe", "DistillRecipe", "run", "run_distill", "sample_grid"]
+__all__ = [
+    "GRID_CONDITIONS",
+    "DiffusionRecipe",
+    "DistillRecipe",
+    "VaeRecipe",
+    "run",
+    "run_distill",
+    "run_vae",
+    "sample_grid",
+]

@@ -26,7 +26,11 @@ from training.repository import install, partial_dir, sha256
 DEFAULT_GUIDANCE = 2.0  # the teacher's CFG scale (the sample grids' too)
 
 
-def config_pbtxt(name: str, size: int, *, max_batch: int = 16, instances: int = 1) -> str:
+def spec_version() -> str:
+    return datetime.now(UTC).strftime("%Y.%m.%d")
+
+
+def config_pbtxt(name: str, size: int, *, channels: int = 1, max_batch: int = 16, instances: int = 1) -> str:
     """Triton config for the UNet. ``timestep`` and ``keep`` are (B,) in the graph: Triton's per-item
     dims cannot be empty, so they are declared ``[ 1 ]`` and reshaped to scalars per item."""
 
@@ -36,7 +40,7 @@ def config_pbtxt(name: str, size: int, *, max_batch: int = 16, instances: int = 
 
     inputs = ",\n".join(
         [
-            tensor("sample", "TYPE_FP32", f"[ 1, {size}, {size} ]"),
+            tensor("sample", "TYPE_FP32", f"[ {channels}, {size}, {size} ]"),
             tensor("timestep", "TYPE_INT64", "[ 1 ]", reshape=True),
             tensor("na", "TYPE_FP32", "[ 2 ]"),
             tensor("keep", "TYPE_BOOL", "[ 1 ]", reshape=True),
@@ -45,7 +49,7 @@ def config_pbtxt(name: str, size: int, *, max_batch: int = 16, instances: int = 
     return (
         f'name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: {max_batch}\n'
         f"input [\n{inputs}\n]\n"
-        f"output [\n{tensor('noise', 'TYPE_FP32', f'[ 1, {size}, {size} ]')}\n]\n"
+        f"output [\n{tensor('noise', 'TYPE_FP32', f'[ {channels}, {size}, {size} ]')}\n]\n"
         "dynamic_batching {\n  preferred_batch_size: [ 2, 8, 16 ]\n  max_queue_delay_microseconds: 500\n}\n"
         f"instance_group [\n  {{\n    count: {instances}\n    kind: KIND_CPU\n  }}\n]\n"
     )
@@ -55,8 +59,9 @@ def _parity(model: torch.nn.Module, onnx_path: Path, spec: GeneratorSpec, sample
     """Largest |PyTorch − ORT| pixel (model range [-1, 1]) over a short guided sampling run."""
     na = np.array([[-0.5, 0.5], [0.3, -0.2]], np.float32)
     plan = SamplingPlan(na, [0, 1], sampler=sampler, steps=4, guidance_scale=spec.default_guidance)  # type: ignore[arg-type]
-    ref = sample(torch_model_fn(model), spec.schedule, plan, spec.size)
-    got = sample(ort_model(onnx_path), spec.schedule, plan, spec.size)
+    c, size = (spec.latent["channels"], spec.latent["size"]) if spec.latent else (1, spec.size)
+    ref = sample(torch_model_fn(model), spec.schedule, plan, size, channels=c)
+    got = sample(ort_model(onnx_path), spec.schedule, plan, size, channels=c)
     return float(np.abs(ref - got).max())
 
 
@@ -89,21 +94,29 @@ def export_generator(
         else {k: DEFAULT_STEPS[k] for k in ("ddim", "ddpm")},
         default_guidance=1.0 if student else DEFAULT_GUIDANCE,
     )
+    train_report = _json(run / ("distill.json" if student else "train.json"))
+    vae_run = _vae_run(run, train_report, student)
+    if vae_run is not None:
+        size = _export_decoder(vae_run, repo, f"{name}_vae", version or spec_version())
+        spec = replace(
+            spec,
+            size=size,
+            latent={"channels": config.channels, "size": config.size, "decoder": f"{name}_vae"},
+        )
     model_dir = partial_dir(repo, name)
     onnx_path = export_unet(model, model_dir / "1" / "model.onnx")
     parity = _parity(model, onnx_path, spec, spec.default_sampler)
-    (model_dir / "config.pbtxt").write_text(config_pbtxt(name, config.size))
-    train_report = _json(run / ("distill.json" if student else "train.json"))
+    (model_dir / "config.pbtxt").write_text(config_pbtxt(name, config.size, channels=config.channels))
     stages = [_stage(run, meta, train_report)]
     if student:
         teacher_run = Path(train_report.get("teacher", "")).parent
         stages.insert(
             0, _stage(teacher_run, _json(teacher_run / "model.json"), _json(teacher_run / "train.json"))
         )
-    s = config.size
+    s, c = config.size, config.channels
     manifest = {
         "name": name,
-        "version": version or datetime.now(UTC).strftime("%Y.%m.%d"),
+        "version": version or spec_version(),
         "hipgen_version": __version__,
         "exported": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "task": (
@@ -120,7 +133,7 @@ def export_generator(
             "parameters": int(sum(p.numel() for p in model.parameters())),
         },
         "inputs": {
-            "sample": {"dtype": "float32", "shape": ["batch", 1, s, s], "range": "noisy image, model range"},
+            "sample": {"dtype": "float32", "shape": ["batch", c, s, s], "range": "noisy image (or latent)"},
             "timestep": {"dtype": "int64", "shape": ["batch"], "unit": "training timestep (0–999)"},
             "na": {
                 "dtype": "float32",
@@ -133,7 +146,7 @@ def export_generator(
                 "meaning": "False: the null condition (CFG's unconditional)",
             },
         },
-        "outputs": {"noise": {"dtype": "float32", "shape": ["batch", 1, s, s], "meaning": "predicted ε"}},
+        "outputs": {"noise": {"dtype": "float32", "shape": ["batch", c, s, s], "meaning": "predicted ε"}},
         "generator": spec.manifest_section(),
         "image": {
             "framing": (
@@ -155,6 +168,51 @@ def export_generator(
     }
     (model_dir / "MANIFEST.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return install(model_dir, repo, name)
+
+
+def _vae_run(run: Path, report: dict[str, Any], student: bool) -> Path | None:
+    """The VAE run a latent teacher was trained on (a student inherits its teacher's)."""
+    if student:
+        teacher = Path(report.get("teacher", "")).parent
+        report = _json(teacher / "train.json")
+    vae = (report.get("recipe") or {}).get("vae")
+    return Path(vae) if vae else None
+
+
+def _export_decoder(vae_run: Path, repo: str | Path, name: str, version: str) -> int:
+    """The VAE decoder as its own repository entry (Triton runs it after the last step); returns the
+    image side."""
+    from training.diffusion.vae import export_decoder, load_vae
+
+    vae, scaling, cfg = load_vae(vae_run)
+    model_dir = partial_dir(repo, name)
+    onnx_path = export_decoder(vae, scaling, model_dir / "1" / "model.onnx")
+    h = cfg.size // cfg.factor
+    c, z, px = cfg.latent_channels, f"{h}, {h}", f"{cfg.size}, {cfg.size}"
+    (model_dir / "config.pbtxt").write_text(
+        f'name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: 16\n'
+        f'input [\n  {{\n    name: "latent"\n    data_type: TYPE_FP32\n    dims: [ {c}, {z} ]\n  }}\n]\n'
+        f'output [\n  {{\n    name: "image"\n    data_type: TYPE_FP32\n    dims: [ 1, {px} ]\n  }}\n]\n'
+        "instance_group [\n  {\n    count: 1\n    kind: KIND_CPU\n  }\n]\n"
+    )
+    manifest = {
+        "name": name,
+        "version": version,
+        "task": "AutoencoderKL decoder of the latent generator (scaled latents → image in [-1, 1])",
+        "scaling_factor": scaling,
+        "vae_config": {
+            k: list(v) if isinstance(v, tuple) else v for k, v in vae.config.items() if not k.startswith("_")
+        },
+        "training": {"run": vae_run.name, "config": _json(vae_run / "vae.json").get("config")},
+        "files": {"1/model.onnx": {"sha256": sha256(onnx_path), "bytes": onnx_path.stat().st_size}},
+        "intended_use": "research only; part of a synthetic-image generator",
+        "license": "Apache-2.0",
+    }
+    (model_dir / "MANIFEST.json").write_text(
+        json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n"
+    )
+    install(model_dir, repo, name)
+    return cfg.size
 
 
 def _json(path: Path) -> dict[str, Any]:

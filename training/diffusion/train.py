@@ -28,8 +28,9 @@ from training.diffusion.model import NaConditionedUNet, unet_config
 
 @dataclass
 class DiffusionConfig:
-    size: int = 128
+    size: int = 128  # side of what the UNet denoises: pixels, or latents of a VAE run
     tiny: bool = False  # the test-sized UNet
+    channels: int = 1  # 1: pixel space; the VAE's latent channels on the latent path
     steps: int = 20_000
     batch_size: int = 16
     lr: float = 3e-4
@@ -53,15 +54,15 @@ class DiffusionConfig:
 
 @dataclass
 class DiffusionSet:
-    """Square grey images (N, 1, S, S) float32 in [-1, 1] and their Norberg angles (N, 2) [left, right]
-    in degrees."""
+    """Square grey images (N, 1, S, S) float32 in [-1, 1] — or scaled VAE latents (N, C, s, s) — and
+    their Norberg angles (N, 2) [left, right] in degrees."""
 
     images: np.ndarray
     na: np.ndarray
 
     def __post_init__(self) -> None:
-        if self.images.ndim != 4 or self.images.shape[1] != 1 or self.images.shape[2] != self.images.shape[3]:
-            raise ValueError(f"images must be (N, 1, S, S), got {self.images.shape}")
+        if self.images.ndim != 4 or self.images.shape[2] != self.images.shape[3]:
+            raise ValueError(f"images must be (N, C, S, S), got {self.images.shape}")
         if len(self.images) != len(self.na) or len(self.images) == 0:
             raise ValueError(f"{len(self.images)} images for {len(self.na)} angle pairs")
 
@@ -120,11 +121,13 @@ def train(
     EMA); ``resume`` continues from there. Returns the EMA model, also saved as ``out/model.pt/.json``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if data.images.shape[-1] != config.size:
-        raise ValueError(f"images are {data.images.shape[-1]} px, the config says {config.size}")
+    if data.images.shape[-1] != config.size or data.images.shape[1] != config.channels:
+        raise ValueError(
+            f"data is {data.images.shape[1:]}, the config says {config.channels} × {config.size}²"
+        )
     torch.manual_seed(config.seed)
     accelerator = Accelerator()
-    model = NaConditionedUNet(unet_config(config.size, tiny=config.tiny))
+    model = NaConditionedUNet(unet_config(config.size, tiny=config.tiny, channels=config.channels))
     ema = EMAModel(model.parameters(), decay=config.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr)
     warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / max(1, config.warmup_steps)))
@@ -169,7 +172,7 @@ def train(
 def _ema_model(
     accelerator: Accelerator, model: torch.nn.Module, ema: EMAModel, config: DiffusionConfig
 ) -> NaConditionedUNet:
-    copy = NaConditionedUNet(unet_config(config.size, tiny=config.tiny))
+    copy = NaConditionedUNet(unet_config(config.size, tiny=config.tiny, channels=config.channels))
     copy.load_state_dict(accelerator.unwrap_model(model).state_dict())
     ema.copy_to(copy.parameters())
     return copy.eval()
@@ -192,7 +195,7 @@ def load(path: str | Path) -> tuple[NaConditionedUNet, DiffusionConfig]:
     meta = json.loads(path.with_suffix(".json").read_text())
     cfg = meta["config"] | {"na_range": tuple(meta["config"]["na_range"])}
     config = DiffusionConfig(**cfg)
-    model = NaConditionedUNet(unet_config(config.size, tiny=config.tiny))
+    model = NaConditionedUNet(unet_config(config.size, tiny=config.tiny, channels=config.channels))
     model.load_state_dict(torch.load(path.with_suffix(".pt"), map_location="cpu", weights_only=True))
     return model.eval(), config
 
