@@ -448,6 +448,10 @@ def train_diffusion(
     vae: Annotated[
         Path | None, typer.Option(help="a `hipgen train vae` run: denoise its latents (the SD-like path)")
     ] = None,
+    hint: Annotated[
+        bool, typer.Option(help="also condition on the rays the rims must lie on (spatial channel)")
+    ] = False,
+    init: Annotated[Path | None, typer.Option(help="fine-tune from this model.pt")] = None,
 ) -> None:
     """Train the angle-conditioned diffusion generator on pelvis views (DDPM, EMA, CFG dropout)."""
     mod = _training("training.diffusion.recipe")
@@ -468,7 +472,11 @@ def train_diffusion(
         resume=resume,
         workers=workers,
         vae=str(vae) if vae else None,
+        hint=hint,
+        init=str(init) if init else None,
     )
+    if init is not None and not init.is_file():
+        raise _fail(f"{init}: no such model")
     if vae is not None and not (vae / "vae.json").is_file():
         raise _fail(f"{vae}: no vae.json (run `hipgen train vae --out {vae}` first)")
     with _user_errors():

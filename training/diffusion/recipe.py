@@ -46,6 +46,8 @@ class DiffusionRecipe:
     resume: bool = False
     workers: int = 2
     vae: str | None = None  # a ``hipgen train vae`` run: denoise its latents (the SD-like path)
+    hint: bool = False  # the angles also as a spatial channel (rays the rims lie on)
+    init: str | None = None  # fine-tune from this model.pt
 
 
 def schedule_of(config: DiffusionConfig) -> NoiseSchedule:
@@ -125,6 +127,8 @@ def run(recipe: DiffusionRecipe, out: str | Path, *, progress: bool = True) -> d
         batch_size=recipe.batch_size,
         seed=recipe.seed,
         checkpoint_every=recipe.checkpoint_every,
+        hint=recipe.hint,
+        init=recipe.init,
     )
 
     def on_checkpoint(r: DiffusionRun) -> None:

@@ -31,6 +31,8 @@ class DiffusionConfig:
     size: int = 128  # side of what the UNet denoises: pixels, or latents of a VAE run
     tiny: bool = False  # the test-sized UNet
     channels: int = 1  # 1: pixel space; the VAE's latent channels on the latent path
+    hint: bool = False  # the requested angles also as a spatial input channel (model.angle_hint)
+    init: str | None = None  # start from this model.pt (fine-tuning; adds the hint channel if asked)
     steps: int = 20_000
     batch_size: int = 16
     lr: float = 3e-4
@@ -73,6 +75,14 @@ class DiffusionRun:
     config: DiffusionConfig
     steps: int
     losses: list[float] = field(default_factory=list)
+
+
+def build_model(config: DiffusionConfig) -> NaConditionedUNet:
+    return NaConditionedUNet(
+        unet_config(config.size, tiny=config.tiny, channels=config.channels),
+        hint=config.hint,
+        na_range=config.na_range,
+    )
 
 
 def noise_scheduler(config: DiffusionConfig) -> DDPMScheduler:
@@ -127,7 +137,12 @@ def train(
         )
     torch.manual_seed(config.seed)
     accelerator = Accelerator()
-    model = NaConditionedUNet(unet_config(config.size, tiny=config.tiny, channels=config.channels))
+    model = build_model(config)
+    if config.init and not resume:
+        base, _ = load(config.init)
+        model = (
+            NaConditionedUNet.with_hint_from(base, config.na_range) if config.hint and not base.hint else base
+        )
     ema = EMAModel(model.parameters(), decay=config.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr)
     warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / max(1, config.warmup_steps)))
@@ -172,7 +187,7 @@ def train(
 def _ema_model(
     accelerator: Accelerator, model: torch.nn.Module, ema: EMAModel, config: DiffusionConfig
 ) -> NaConditionedUNet:
-    copy = NaConditionedUNet(unet_config(config.size, tiny=config.tiny, channels=config.channels))
+    copy = build_model(config)
     copy.load_state_dict(accelerator.unwrap_model(model).state_dict())
     ema.copy_to(copy.parameters())
     return copy.eval()
@@ -195,9 +210,18 @@ def load(path: str | Path) -> tuple[NaConditionedUNet, DiffusionConfig]:
     meta = json.loads(path.with_suffix(".json").read_text())
     cfg = meta["config"] | {"na_range": tuple(meta["config"]["na_range"])}
     config = DiffusionConfig(**cfg)
-    model = NaConditionedUNet(unet_config(config.size, tiny=config.tiny, channels=config.channels))
+    model = build_model(config)
     model.load_state_dict(torch.load(path.with_suffix(".pt"), map_location="cpu", weights_only=True))
     return model.eval(), config
 
 
-__all__ = ["DiffusionConfig", "DiffusionRun", "DiffusionSet", "load", "noise_scheduler", "save", "train"]
+__all__ = [
+    "DiffusionConfig",
+    "DiffusionRun",
+    "DiffusionSet",
+    "build_model",
+    "load",
+    "noise_scheduler",
+    "save",
+    "train",
+]
