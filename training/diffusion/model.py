@@ -74,8 +74,8 @@ def angle_hint(na_deg: torch.Tensor, size: int, span: float = PELVIS_SPAN) -> to
         torch.arange(size, dtype=na_deg.dtype, device=na_deg.device),
         indexing="ij",
     )
-    rad = torch.deg2rad(na_deg)
-    out = torch.zeros(len(na_deg), size, size, dtype=na_deg.dtype, device=na_deg.device)
+    rad = na_deg * (math.pi / 180.0)  # torch.deg2rad has no ONNX export
+    rays = []
     for side, sign in ((1, -1.0), (0, 1.0)):  # right head on image left (x = c − d/2), rim lateral
         hx = c + sign * d / 2
         ux = (-sign * torch.cos(rad[:, side]))[:, None, None]  # the lateral x component
@@ -84,7 +84,9 @@ def angle_hint(na_deg: torch.Tensor, size: int, span: float = PELVIS_SPAN) -> to
         along = vx * ux + vy * uy
         perp = (vx * uy - vy * ux).abs()
         inside = ((along >= 0) & (along <= HINT_LENGTH * d)).to(na_deg.dtype)
-        out = torch.maximum(out, inside * torch.exp(-0.5 * (perp / (HINT_WIDTH * d)) ** 2))
+        rays.append(inside * torch.exp(-0.5 * (perp / (HINT_WIDTH * d)) ** 2))
+    # no tensor sized from len(na_deg): the ONNX trace would freeze the batch
+    out = torch.maximum(rays[0], rays[1])
     return out[:, None]
 
 
