@@ -5,7 +5,9 @@ labelled sample grid; (2) start ``python -m services.server`` on a free local po
 every service, list them through server reflection and call each once (services whose issues have not
 landed answer UNIMPLEMENTED); (4) measure a few of the phantoms through AngleService (one PredictAngle,
 the rest over one StreamPredictAngle), print true vs measured Norberg angles and write the overlays to
-``<out_dir>/angle_overlays``; (5) print what is where and stop the server.
+``<out_dir>/angle_overlays``; (5) generate images at requested angles through GenerateService (LCM,
+4 steps) into ``<out_dir>/generated`` with requested vs measured angles; (6) print what is where and
+stop the server.
 
 The angle models come from the ``model_repository`` setting (``HIPGEN_MODEL_REPOSITORY``). The demo
 prints the numbers without judging them (a development repository may hold untrained models), but any
@@ -162,6 +164,49 @@ def _angle_table(entries: list, responses: list, overlays: Path) -> Table:
     return table
 
 
+# requested [left, right] NA of the demo's generated images: dysplastic, borderline, normal, mixed sides
+GENERATE_CONDITIONS = ((80.0, 120.0), (105.0, 105.0), (125.0, 90.0))
+
+
+def _generate(port: int, out: Path) -> Table:
+    """Generate through GenerateService (LCM, 4 steps, two seeds per condition), write the PNGs (marked
+    synthetic) to ``out`` and tabulate requested vs measured NA. Raises :class:`AngleDemoError`."""
+    from hipgen.api.v1 import common_pb2, generate_pb2, generate_pb2_grpc
+    from hipgen.data.images import write_atomic
+
+    request = generate_pb2.GenerateRequest(
+        conditions=[common_pb2.NaCondition(na_left_deg=a, na_right_deg=b) for a, b in GENERATE_CONDITIONS],
+        images_per_condition=2,
+        seed=0,
+        sampler=generate_pb2.SAMPLER_LCM,
+        steps=4,
+    )
+    images, steps_seen = [], 0
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            for event in generate_pb2_grpc.GenerateServiceStub(channel).Generate(request, timeout=120):
+                if event.HasField("progress"):
+                    steps_seen += 1
+                else:
+                    images.append(event.image)
+        except grpc.RpcError as e:
+            raise AngleDemoError(f"GenerateService: {e.code().name}: {e.details()}") from None
+    table = Table(title=f"GenerateService (LCM-4, {steps_seen} progress events): NA requested / measured (°)")
+    for col in ("file", "right", "left", "seed", "model"):
+        table.add_column(col, no_wrap=True)
+    for img in images:
+        write_atomic(out / img.image.file_name, img.image.data)
+        lab = img.label
+        table.add_row(
+            img.image.file_name,
+            f"{img.requested.na_right_deg:.0f} / {lab.na_right:.1f}",
+            f"{img.requested.na_left_deg:.0f} / {lab.na_left:.1f}",
+            str(img.seed),
+            f"{lab.provenance.generator} {lab.provenance.model_version}",
+        )
+    return table
+
+
 def _class_name(value: int) -> str:
     from hipgen.api.v1 import common_pb2
 
@@ -192,13 +237,20 @@ def main() -> int:
     overlays = out / "angle_overlays"
     if overlays.exists():
         shutil.rmtree(overlays)
-    angle_error = None
+    generated = out / "generated"
+    if generated.exists():
+        shutil.rmtree(generated)
+    angle_error = generate_error = None
     try:
         rows = _probe(port)
         try:
             responses = _measure_angles(port, [data / f.path for f in angle_entries])
         except AngleDemoError as e:
             angle_error = str(e)
+        try:
+            generate_table = _generate(port, generated)
+        except AngleDemoError as e:
+            generate_error = str(e)
     finally:
         proc.terminate()
         try:
@@ -224,11 +276,18 @@ def main() -> int:
             soft_wrap=True,
         )
 
+    if generate_error is None:
+        console.print(generate_table)
+    else:
+        console.print(f"[red]GenerateService failed:[/red] {generate_error}", highlight=False, soft_wrap=True)
+
     where = Table(title="what is where", show_header=False)
     where.add_row("phantom data set", f"{data}/ (PNG + metadata.csv + phantom_specs.jsonl + manifest.json)")
     where.add_row("sample grid", str(grid))
     if angle_error is None:
         where.add_row("angle overlays", f"{overlays}/ ({len(angle_entries)} PNGs from AngleService)")
+    if generate_error is None:
+        where.add_row("generated", f"{generated}/ (PNGs marked synthetic, labelled by the angle model)")
     where.add_row("server", f"127.0.0.1:{port} (stopped; `make serve` keeps one running on :{settings.port})")
     small = sum(r.class_left == "small" or r.class_right == "small" for r in recs)
     where.add_row(
@@ -238,7 +297,12 @@ def main() -> int:
         f"{max(max(r.na_left, r.na_right) for r in recs):.1f}°",
     )
     console.print(where)
-    ok = all(h == "SERVING" for _, h, _ in rows) and len(rows) == 4 and angle_error is None
+    ok = (
+        all(h == "SERVING" for _, h, _ in rows)
+        and len(rows) == 4
+        and angle_error is None
+        and generate_error is None
+    )
     console.print("[green]demo OK[/green]" if ok else "[red]demo found a problem[/red]")
     return 0 if ok else 1
 

@@ -28,3 +28,8 @@ def test_demo_renders_starts_server_and_reports(tmp_path: Path):
     data = tmp_path / "out" / "phantoms"
     assert len(list(data.glob("*.png"))) == 24 and verify_manifest(data).ok
     assert (tmp_path / "out" / "phantom_grid.png").stat().st_size > 10_000
+    from PIL import Image
+
+    generated = sorted((tmp_path / "out" / "generated").glob("*.png"))
+    assert len(generated) == 6 and "GenerateService (LCM-4" in done.stdout
+    assert all(Image.open(p).text["hipgen:synthetic"] == "true" for p in generated)

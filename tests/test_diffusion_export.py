@@ -54,3 +54,19 @@ def test_guided_sampling_run_matches_pytorch(exported) -> None:  # noqa: ANN001
     a = sample(ort_model(path), NoiseSchedule(), plan, 16)
     b = sample(torch_model(net), NoiseSchedule(), plan, 16)
     np.testing.assert_allclose(a, b, atol=1e-3)
+
+
+def test_hint_model_exports_with_a_dynamic_batch(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    base = NaConditionedUNet(unet_config(16, tiny=True)).eval()
+    net = NaConditionedUNet.with_hint_from(base, (70.0, 130.0)).eval()
+    with torch.no_grad():
+        net.unet.conv_in.weight[:, 1:].normal_()  # make the hint matter
+    ort_fn = ort_model(export_unet(net, tmp_path / "hint.onnx"))
+    rng = np.random.default_rng(3)
+    for b in (1, 4):  # the example batch is 2: neither may be frozen into the graph
+        x = rng.standard_normal((b, 1, 16, 16)).astype(np.float32)
+        t = rng.integers(0, 1000, b).astype(np.int64)
+        na = rng.uniform(-1, 1, (b, 2)).astype(np.float32)
+        keep = np.arange(b) % 2 == 0
+        np.testing.assert_allclose(ort_fn(x, t, na, keep), torch_model(net)(x, t, na, keep), atol=1e-4)

@@ -52,7 +52,7 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
 
 
 def test_bad_inputs_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="images are 16 px"):
+    with pytest.raises(ValueError, match=r"data is \(1, 16, 16\), the config says 1 × 32²"):
         train(config(size=32, steps=1), toy_set(), tmp_path, progress=False)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train(config(steps=1), toy_set(), tmp_path / "empty", resume=True, progress=False)

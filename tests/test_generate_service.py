@@ -161,7 +161,9 @@ def test_every_bad_side_is_named_but_the_status_stays_small(tiny_generator_repo:
 
 
 def test_missing_default_generator_is_a_deployment_fault(tmp_path: Path, angle_repo: Path) -> None:
-    with serving_channel(_settings(angle_repo)) as ch:  # angle models only
+    for name in ("angle_keypoints", "angle_locator"):  # angle models only
+        (tmp_path / name).symlink_to((angle_repo / name).resolve())
+    with serving_channel(_settings(tmp_path)) as ch:
         stub = generate_pb2_grpc.GenerateServiceStub(ch)
         with pytest.raises(grpc.RpcError) as err:
             list(stub.Generate(_request((100, 100)), timeout=30))

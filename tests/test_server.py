@@ -98,7 +98,8 @@ def _code(call) -> grpc.StatusCode:
 
 
 def test_every_service_answers_unimplemented_until_its_issue_lands(channel: grpc.Channel):
-    """AngleService has landed (tests/test_angle_service.py); the others answer UNIMPLEMENTED."""
+    """AngleService and GenerateService have landed (tests/test_angle_service.py,
+    tests/test_generate_service.py) and refuse bad requests by name; the others answer UNIMPLEMENTED."""
     angle = angle_pb2_grpc.AngleServiceStub(channel)
     generate = generate_pb2_grpc.GenerateServiceStub(channel)
     score = score_pb2_grpc.ScoreServiceStub(channel)
@@ -109,7 +110,7 @@ def test_every_service_answers_unimplemented_until_its_issue_lands(channel: grpc
         "Generate": lambda: list(
             generate.Generate(
                 generate_pb2.GenerateRequest(
-                    conditions=[common_pb2.NaCondition(na_left_deg=100, na_right_deg=95)]
+                    conditions=[common_pb2.NaCondition(na_left_deg=10, na_right_deg=95)]  # out of range
                 ),
                 timeout=T,
             )
@@ -121,6 +122,7 @@ def test_every_service_answers_unimplemented_until_its_issue_lands(channel: grpc
     }
     codes = {name: _code(call) for name, call in calls.items()}
     assert codes.pop("PredictAngle") == grpc.StatusCode.INVALID_ARGUMENT  # a truncated PNG, named
+    assert codes.pop("Generate") == grpc.StatusCode.INVALID_ARGUMENT
     assert codes == dict.fromkeys(codes, grpc.StatusCode.UNIMPLEMENTED)
 
 

@@ -107,12 +107,7 @@ def export_generator(
     onnx_path = export_unet(model, model_dir / "1" / "model.onnx")
     parity = _parity(model, onnx_path, spec, spec.default_sampler)
     (model_dir / "config.pbtxt").write_text(config_pbtxt(name, config.size, channels=config.channels))
-    stages = [_stage(run, meta, train_report)]
-    if student:
-        teacher_run = Path(train_report.get("teacher", "")).parent
-        stages.insert(
-            0, _stage(teacher_run, _json(teacher_run / "model.json"), _json(teacher_run / "train.json"))
-        )
+    stages = _stages(run)
     s, c = config.size, config.channels
     manifest = {
         "name": name,
@@ -213,6 +208,15 @@ def _export_decoder(vae_run: Path, repo: str | Path, name: str, version: str) ->
     )
     install(model_dir, repo, name)
     return cfg.size
+
+
+def _stages(run: Path) -> list[dict[str, Any]]:
+    """Every training stage behind a run, earliest first: a student's teacher, a fine-tune's start."""
+    meta = _json(run / "model.json")
+    report = _json(run / ("distill.json" if "distill" in meta else "train.json"))
+    before = report.get("teacher") or (report.get("recipe") or {}).get("init")
+    earlier = _stages(Path(before).parent) if before and Path(before).parent != run else []
+    return [*earlier, _stage(run, meta, report)]
 
 
 def _json(path: Path) -> dict[str, Any]:
