@@ -31,9 +31,16 @@ import torch
 from accelerate import Accelerator
 from tqdm import tqdm
 
-from hipgen.generate.conditions import TRAINED_NA_RANGE, condition_vector
+from hipgen.generate.conditions import TRAINED_NA_RANGE
 from training.diffusion.model import NaConditionedUNet
-from training.diffusion.train import DiffusionConfig, DiffusionSet, noise_scheduler
+from training.diffusion.train import (
+    DiffusionConfig,
+    DiffusionSet,
+    noise_scheduler,
+    resume_step,
+    save_checkpoint,
+    seeded_batch,
+)
 
 SOLVERS = ("ddim", "leapfrog")
 
@@ -134,11 +141,7 @@ def _pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
 def _draws(
     config: DistillConfig, data: DiffusionSet, step: int, n_grid: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-    idx = torch.randint(len(data.images), (config.batch_size,), generator=g)
-    x0 = torch.from_numpy(data.images[idx.numpy()])
-    na = torch.from_numpy(condition_vector(data.na[idx.numpy()], config.na_range))
-    noise = torch.randn(x0.shape, generator=g)
+    g, x0, na, noise = seeded_batch(data, config.seed, step, config.batch_size, config.na_range)
     n = torch.randint(n_grid, (config.batch_size,), generator=g)
     return x0, na, noise, n
 
@@ -172,11 +175,8 @@ def distill(
     ckpt = out / "checkpoint"
     start = 0
     if resume:
-        if not (ckpt / "step.json").is_file():
-            raise FileNotFoundError(f"{ckpt}: no checkpoint to resume from")
-        accelerator.load_state(str(ckpt))
+        start = resume_step(accelerator, ckpt)
         target.load_state_dict(torch.load(ckpt / "target.pt", map_location="cpu", weights_only=True))
-        start = int(json.loads((ckpt / "step.json").read_text())["step"])
 
     def guided_eps(x: torch.Tensor, t: torch.Tensor, na: torch.Tensor) -> torch.Tensor:
         b = len(x)
@@ -223,9 +223,9 @@ def distill(
             bar.set_postfix(loss=f"{losses[-1]:.5f}")
         done = step + 1
         if done % config.checkpoint_every == 0 or done == config.steps:
-            accelerator.save_state(str(ckpt))
+            ckpt.mkdir(parents=True, exist_ok=True)
             torch.save(target.state_dict(), ckpt / "target.pt")
-            (ckpt / "step.json").write_text(json.dumps({"step": done}))
+            save_checkpoint(accelerator, ckpt, done)  # step.json last: it marks the checkpoint whole
             if on_checkpoint is not None:
                 on_checkpoint(DistillRun(target, config, done, losses))
     run = DistillRun(target.eval(), config, config.steps, losses)

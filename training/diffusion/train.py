@@ -92,14 +92,35 @@ def noise_scheduler(config: DiffusionConfig) -> DDPMScheduler:
 def _step_batch(
     config: DiffusionConfig, data: DiffusionSet, step: int, scheduler: DDPMScheduler
 ) -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-    idx = torch.randint(len(data.images), (config.batch_size,), generator=g)
-    x0 = torch.from_numpy(data.images[idx.numpy()])
-    na = torch.from_numpy(condition_vector(data.na[idx.numpy()], config.na_range))
-    noise = torch.randn(x0.shape, generator=g)
+    g, x0, na, noise = seeded_batch(data, config.seed, step, config.batch_size, config.na_range)
     t = torch.randint(config.num_train_timesteps, (config.batch_size,), generator=g)
     keep = torch.rand(config.batch_size, generator=g) >= config.cond_drop
     return scheduler.add_noise(x0, noise, t), t, na, keep, noise
+
+
+def seeded_batch(
+    data: DiffusionSet, seed: int, step: int, batch_size: int, na_range: tuple[float, float]
+) -> tuple[torch.Generator, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Step ``step``'s images, model-scaled conditions and noise, from a generator seeded by
+    ``(seed, step)`` — returned too, for the step's further draws — so a resumed run repeats them."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    idx = torch.randint(len(data.images), (batch_size,), generator=g).numpy()
+    x0 = torch.from_numpy(data.images[idx])
+    na = torch.from_numpy(condition_vector(data.na[idx], na_range))
+    return g, x0, na, torch.randn(x0.shape, generator=g)
+
+
+def resume_step(accelerator: Accelerator, ckpt: Path) -> int:
+    """Load ``ckpt`` (accelerate state) and return the step it was saved at."""
+    if not (ckpt / "step.json").is_file():
+        raise FileNotFoundError(f"{ckpt}: no checkpoint to resume from")
+    accelerator.load_state(str(ckpt))
+    return int(json.loads((ckpt / "step.json").read_text())["step"])
+
+
+def save_checkpoint(accelerator: Accelerator, ckpt: Path, step: int) -> None:
+    accelerator.save_state(str(ckpt))
+    (ckpt / "step.json").write_text(json.dumps({"step": step}))
 
 
 def _loss(
@@ -150,12 +171,7 @@ def train(
     accelerator.register_for_checkpointing(ema)
     scheduler = noise_scheduler(config)
     ckpt = out / "checkpoint"
-    start = 0
-    if resume:
-        if not (ckpt / "step.json").is_file():
-            raise FileNotFoundError(f"{ckpt}: no checkpoint to resume from")
-        accelerator.load_state(str(ckpt))
-        start = int(json.loads((ckpt / "step.json").read_text())["step"])
+    start = resume_step(accelerator, ckpt) if resume else 0
     losses: list[float] = []
     model.train()
     bar = tqdm(range(start, config.steps), desc="train diffusion", disable=not progress, initial=start)
@@ -175,8 +191,7 @@ def train(
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         done = step + 1
         if done % config.checkpoint_every == 0 or done == config.steps:
-            accelerator.save_state(str(ckpt))
-            (ckpt / "step.json").write_text(json.dumps({"step": done}))
+            save_checkpoint(accelerator, ckpt, done)
             if on_checkpoint is not None:
                 on_checkpoint(DiffusionRun(_ema_model(accelerator, model, ema, config), config, done, losses))
     run = DiffusionRun(_ema_model(accelerator, model, ema, config), config, config.steps, losses)
