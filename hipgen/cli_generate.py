@@ -54,13 +54,13 @@ def generate(
     from hipgen.data.imagefolder import ImageFolderWriter, synthetic_text
     from hipgen.data.images import encode_png, write_atomic
     from hipgen.generate.conditions import NaRequest
-    from hipgen.generate.generator import DEFAULT_GENERATOR, DEFAULT_LCM_GENERATOR, Generator, choose_sampler
+    from hipgen.generate.generator import Generator, choose_sampler, generator_for
     from hipgen.generate.label import auto_label
     from hipgen.inference.backend import OrtBackend
 
     if out.exists() and any(out.iterdir()):
         raise _fail(f"{out}: not empty (generated sets never overwrite files)")
-    name = model or (DEFAULT_LCM_GENERATOR if (sampler or "").lower() == "lcm" else DEFAULT_GENERATOR)
+    name = model or generator_for(sampler)
     rows: list[dict[str, Any]] = []
     with _user_errors():
         backend = OrtBackend(repo)
@@ -250,10 +250,10 @@ def evaluate_generator(
     """Angle fidelity (requested vs measured NA: Pearson r, R², MAE, bias) and a Fréchet distance on the
     angle model's features, through the deployed ONNX generator and angle model."""
     mod = _training("training.diffusion.evaluate")
-    from hipgen.generate.generator import DEFAULT_GENERATOR, DEFAULT_LCM_GENERATOR, Generator
+    from hipgen.generate.generator import Generator, generator_for
     from hipgen.inference.backend import OrtBackend
 
-    name = model or (DEFAULT_LCM_GENERATOR if (sampler or "").lower() == "lcm" else DEFAULT_GENERATOR)
+    name = model or generator_for(sampler)
     try:
         values = tuple(float(v) for v in grid.split(","))
     except ValueError:

@@ -3,6 +3,7 @@ sent as ``google.rpc.Status`` with a ``BadRequest`` detail (DESIGN §3)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 MAX_VIOLATIONS = 10
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")  # a repository folder name, never a path
 
 
 @dataclass(frozen=True)
@@ -70,4 +72,4 @@ class RequestError(Exception):
         context.abort_with_status(rpc_status.to_status(self.to_status()))
 
 
-__all__ = ["MAX_VIOLATIONS", "FieldViolation", "RequestError"]
+__all__ = ["MAX_VIOLATIONS", "MODEL_NAME", "FieldViolation", "RequestError"]

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from hipgen.generate.conditions import ConditionError, NaRequest, condition_vector
-from hipgen.generate.sampling import ModelFn, SamplingPlan, sample
+from hipgen.generate.sampling import ModelFn, SamplingPlan, sample, to_uint8
 from hipgen.generate.schedulers import NoiseSchedule
 
 DEFAULT_GENERATOR = "generator_ddpm"  # the teacher: DDPM and DDIM sampling
@@ -26,6 +26,13 @@ SAMPLERS = ("ddpm", "ddim", "lcm")
 DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50, "lcm": 4}
 MAX_GUIDANCE = 20.0  # beyond this CFG only saturates; a larger value is a client bug
 GENERATOR_INPUTS = frozenset({"sample", "timestep", "na", "keep"})
+
+
+def generator_for(
+    sampler: str | None, teacher: str = DEFAULT_GENERATOR, student: str = DEFAULT_LCM_GENERATOR
+) -> str:
+    """The model a request without a model name uses: the distilled student for LCM, else the teacher."""
+    return student if (sampler or "").lower() == "lcm" else teacher
 
 
 class NotAGeneratorError(ValueError):
@@ -202,7 +209,7 @@ class Generator:
 def to_unit(x: np.ndarray) -> np.ndarray:
     """Model range [-1, 1] (B, 1, S, S) → (B, S, S) float32 in [0, 1], quantised to 8 bits so that the
     label measured here is the label of the PNG a client receives."""
-    return np.round((np.clip(x[:, 0], -1.0, 1.0) + 1.0) * 127.5).astype(np.float32) / 255.0
+    return to_uint8(x).astype(np.float32) / 255.0
 
 
 __all__ = [
@@ -217,5 +224,6 @@ __all__ = [
     "SamplerChoice",
     "backend_model_fn",
     "choose_sampler",
+    "generator_for",
     "to_unit",
 ]

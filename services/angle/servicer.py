@@ -40,7 +40,6 @@ import io
 import logging
 import math
 import queue
-import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -74,13 +73,12 @@ from hipgen.data.record import LabelRecord
 from hipgen.errors import InputError
 from hipgen.inference.backend import Backend, ModelNotFoundError
 from hipgen.settings import Settings
-from services.errors import FieldViolation, RequestError
+from services.errors import MODEL_NAME, FieldViolation, RequestError
 
 log = logging.getLogger("services.angle")
 
 BATCH_SIZE = 16  # most requests one measure call takes from a stream
 BATCH_PIXELS = 32_000_000  # most decoded pixels (128 MB of float32) one measure call holds
-_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")  # a repository folder name, never a path
 _HIP_CLASS = {"big": common_pb2.HIP_CLASS_BIG, "small": common_pb2.HIP_CLASS_SMALL}
 _ENC = common_pb2.ImageEncoding
 _RAW_BYTES = {_ENC.IMAGE_ENCODING_RAW_FLOAT32: 4, _ENC.IMAGE_ENCODING_RAW_UINT16: 2}
@@ -145,7 +143,7 @@ def parse_options(
                 )
             )
     model = request.model_name.strip() or default_model
-    if not _MODEL_NAME.fullmatch(model):
+    if not MODEL_NAME.fullmatch(model):
         bad.append(
             FieldViolation(
                 "model_name", f"{request.model_name[:40]!r} is not a model name (letters, digits, _ . -)"

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import secrets
 import threading
 import time
@@ -50,6 +49,7 @@ from hipgen.generate.generator import (
     NotAGeneratorError,
     SamplerChoice,
     choose_sampler,
+    generator_for,
     to_unit,
 )
 from hipgen.generate.label import GeneratedLabel, auto_label
@@ -57,11 +57,10 @@ from hipgen.generate.sampling import iter_sample
 from hipgen.inference.backend import Backend, ModelNotFoundError
 from hipgen.settings import Settings
 from services.angle.servicer import label_to_proto
-from services.errors import FieldViolation, RequestError
+from services.errors import MODEL_NAME, FieldViolation, RequestError
 
 log = logging.getLogger("services.generate")
 
-_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 _SAMPLER_NAMES = {
     generate_pb2.SAMPLER_DDPM: "ddpm",
     generate_pb2.SAMPLER_DDIM: "ddim",
@@ -189,8 +188,8 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
             bad.append(FieldViolation("sampler", "DPM-Solver is not available; use DDPM, DDIM or LCM"))
         elif request.sampler != generate_pb2.SAMPLER_UNSPECIFIED and sampler is None:
             bad.append(FieldViolation("sampler", f"unknown sampler value {request.sampler}"))
-        name = request.model_name.strip() or (self.lcm_model if sampler == "lcm" else self.default_model)
-        if not _MODEL_NAME.fullmatch(name):
+        name = request.model_name.strip() or generator_for(sampler, self.default_model, self.lcm_model)
+        if not MODEL_NAME.fullmatch(name):
             bad.append(
                 FieldViolation(
                     "model_name", f"{request.model_name[:40]!r} is not a model name (letters, digits, _ . -)"
