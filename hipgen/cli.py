@@ -42,6 +42,13 @@ def _fail(msg: str) -> typer.Exit:
     return typer.Exit(2)
 
 
+def _data_folder(data: Path | None) -> str | None:
+    """A ``--data`` folder as a recipe takes it (None: phantoms), or one red line when it is missing."""
+    if data is not None and not data.exists():
+        raise _fail(f"{data}: no such folder")
+    return str(data) if data else None
+
+
 @contextmanager
 def _user_errors() -> Iterator[None]:
     """Everything a user's input or environment can cause becomes one red line and exit code 2."""
@@ -398,14 +405,13 @@ def train_angle(
     with _user_errors():
         models.check_backbone(backbone)
         models.check_head(head)
-    if data is not None and not data.exists():
-        raise _fail(f"{data}: no such folder")
+    folder = _data_folder(data)
     if weights is not None and not weights.is_file():
         raise _fail(f"{weights}: no such file")
     recipe = recipe_mod.AngleRecipe(
         count=count,
         seed=seed,
-        data=str(data) if data else None,
+        data=folder,
         backbone=backbone,
         head=head,
         locator_steps=locator_steps,
@@ -455,14 +461,13 @@ def train_diffusion(
 ) -> None:
     """Train the angle-conditioned diffusion generator on pelvis views (DDPM, EMA, CFG dropout)."""
     mod = _training("training.diffusion.recipe")
-    if data is not None and not data.exists():
-        raise _fail(f"{data}: no such folder")
+    folder = _data_folder(data)
     if size % 8:
         raise _fail(f"--size {size}: must be a multiple of 8 (the UNet halves it three times)")
     recipe = mod.DiffusionRecipe(
         count=count,
         seed=seed,
-        data=str(data) if data else None,
+        data=folder,
         size=size,
         tiny=tiny,
         steps=steps,
@@ -579,8 +584,7 @@ def evaluate_angle(
     from training.angle.data import load_folder
     from training.angle.evaluate import plot
 
-    if data is not None and not data.exists():
-        raise _fail(f"{data}: no such folder")
+    _data_folder(data)
     if data is None and test_count == 0 and shifted_count == 0 and small_count == 0:
         raise _fail(
             "nothing to evaluate: give --data or a non-zero --test-count, --shifted-count or --small-count"

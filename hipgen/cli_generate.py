@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hipgen.cli import (
+    _data_folder,
     _fail,
     _progress,
     _training,
@@ -135,12 +136,11 @@ def train_vae(
 ) -> None:
     """Train the latent path's AutoencoderKL (then `hipgen train diffusion --vae OUT`)."""
     mod = _training("training.diffusion.recipe")
-    if data is not None and not data.exists():
-        raise _fail(f"{data}: no such folder")
+    folder = _data_folder(data)
     recipe = mod.VaeRecipe(
         count=count,
         seed=seed,
-        data=str(data) if data else None,
+        data=folder,
         size=size,
         tiny=tiny,
         steps=steps,
@@ -178,13 +178,12 @@ def distill(
     """Consistency-distil a trained generator (LLCM: DDIM teacher, skipping step k = 20, CFG-aware)
     into a student that samples in 2–8 LCM steps."""
     mod = _training("training.diffusion.recipe")
-    if data is not None and not data.exists():
-        raise _fail(f"{data}: no such folder")
+    folder = _data_folder(data)
     recipe = mod.DistillRecipe(
         teacher=str(teacher),
         count=count,
         seed=seed,
-        data=str(data) if data else None,
+        data=folder,
         steps=steps,
         batch_size=batch_size,
         lr=lr,
