@@ -862,7 +862,8 @@ def version() -> None:
     print(__version__)
 
 
-from hipgen import cli_generate  # noqa: E402, F401 - registers generate, distill, export/evaluate generator
+# registers generate, distill, export/evaluate generator; experiment augment, views, report, export backbone
+from hipgen import cli_generate, cli_score  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -36,8 +36,18 @@ SamplerOpt = Annotated[
 @app.command()
 def generate(
     out: Annotated[Path, typer.Option("--out", "-o", help="output image folder (created; must be empty)")],
-    na_left: Annotated[float, typer.Option("--na-left", help="requested NA of the patient's left hip, °")],
-    na_right: Annotated[float, typer.Option("--na-right", help="requested NA of the patient's right hip, °")],
+    na_left: Annotated[
+        float | None, typer.Option("--na-left", help="requested NA of the patient's left hip, °")
+    ] = None,
+    na_right: Annotated[
+        float | None, typer.Option("--na-right", help="requested NA of the patient's right hip, °")
+    ] = None,
+    na_range: Annotated[
+        tuple[float, float] | None,
+        typer.Option(
+            "--na-range", help="instead: draw each image's two angles uniformly in LOW HIGH (seeded), °"
+        ),
+    ] = None,
     count: Annotated[int, typer.Option("--count", "-n", min=1, max=10_000, help="images")] = 8,
     sampler: SamplerOpt = None,
     steps: Annotated[int | None, typer.Option(min=1, help="denoising steps (default: the sampler's)")] = None,
@@ -61,14 +71,20 @@ def generate(
 
     if out.exists() and any(out.iterdir()):
         raise _fail(f"{out}: not empty (generated sets never overwrite files)")
+    if (na_range is None) == (na_left is None or na_right is None):
+        raise _fail("give either --na-left and --na-right, or --na-range LOW HIGH")
     name = model or generator_for(sampler)
     rows: list[dict[str, Any]] = []
     with _user_errors():
         backend = OrtBackend(repo)
         gen = Generator(backend, name)
         choice = choose_sampler(gen.spec, sampler, steps, guidance_scale)
-        request = NaRequest(na_left, na_right)
-        gen.plan([request], [seed], choice)  # checks the angles before anything is written
+        if na_range is not None:
+            drawn = np.random.default_rng(seed).uniform(min(na_range), max(na_range), size=(count, 2))
+            requests = [NaRequest(float(a), float(b)) for a, b in drawn]
+        else:
+            requests = [NaRequest(float(na_left), float(na_right))] * count  # type: ignore[arg-type]
+        gen.plan(requests, list(range(count)), choice)  # checks the angles before anything is written
         measurer = measurer_from_backend(backend)
         writer = ImageFolderWriter(out)
         try:
@@ -77,13 +93,14 @@ def generate(
                 for start in range(0, count, batch_size):
                     n = min(batch_size, count - start)
                     seeds = [seed + start + j for j in range(n)]
-                    plan = gen.plan([request] * n, seeds, choice)
+                    reqs = requests[start : start + n]
+                    plan = gen.plan(reqs, seeds, choice)
                     images = gen.generate(plan, on_step=lambda *_, n=n: bar.advance(task, n))
                     names = [f"generated_{s}.png" for s in seeds]
                     labels = auto_label(
                         measurer,
                         images,
-                        [request] * n,
+                        reqs,
                         seeds,
                         choice,
                         generator=name,
@@ -104,20 +121,28 @@ def generate(
             text = "".join(json.dumps(r) + "\n" for r in rows)
             write_atomic(out / "generation.jsonl", text.encode())
     if not as_json:
-        _print_generated(rows, na_left, na_right)
+        _print_generated(rows)
     lost = sum(not r["measured"] for r in rows)
     note = f" ({lost} not measurable: in {out}/unmeasured/, unlabelled)" if lost else ""
     console.print(f"wrote {len(rows)} images, metadata.csv and generation.jsonl to {out}{note}")
 
 
-def _print_generated(rows: list[dict[str, Any]], na_left: float, na_right: float) -> None:
-    table = Table("side", "requested °", "measured mean °", "sd °", "min °", "max °")
-    for side, asked in (("right", na_right), ("left", na_left)):
-        v = np.array([r[f"na_{side}"] for r in rows if r["measured"]], np.float64)
+def _print_generated(rows: list[dict[str, Any]]) -> None:
+    table = Table("side", "requested mean °", "measured mean °", "sd °", "min °", "max °", "MAE °")
+    for side in ("right", "left"):
+        done = [r for r in rows if r["measured"]]
+        v = np.array([r[f"na_{side}"] for r in done], np.float64)
+        asked = np.array([r[f"requested_na_{side}"] for r in done], np.float64)
         if not len(v):
             continue
         table.add_row(
-            side, f"{asked:.1f}", f"{v.mean():.1f}", f"{v.std():.1f}", f"{v.min():.1f}", f"{v.max():.1f}"
+            side,
+            f"{asked.mean():.1f}",
+            f"{v.mean():.1f}",
+            f"{v.std():.1f}",
+            f"{v.min():.1f}",
+            f"{v.max():.1f}",
+            f"{np.abs(v - asked).mean():.1f}",
         )
     Console().print(table)
 

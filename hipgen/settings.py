@@ -89,6 +89,17 @@ class Settings(BaseSettings):
     generate_batch_size: int = Field(
         8, ge=1, description="Images GenerateService denoises together (one UNet call per step)."
     )
+    score_max_images: int = Field(
+        10_000, ge=4, description="Most images ScoreService reads from one set (reference or candidate)."
+    )
+    score_data_root: Path = Field(
+        Path("."),
+        description="Folder that ScoreService's `file://` set URIs must lie inside (resolved, symlinks "
+        "followed); anything outside is refused.",
+    )
+    score_max_concurrent: int = Field(
+        2, ge=1, description="Scoring runs ScoreService computes at once; more answer RESOURCE_EXHAUSTED."
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

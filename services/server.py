@@ -75,8 +75,16 @@ def generate_servicer(settings: Settings) -> generate_pb2_grpc.GenerateServiceSe
 
 
 def score_servicer(settings: Settings) -> score_pb2_grpc.ScoreServiceServicer:
-    """ScoreService (UNIMPLEMENTED until the score-service issue lands)."""
-    return score_pb2_grpc.ScoreServiceServicer()
+    """ScoreService on the embedded ONNX Runtime backend: feature backbones from the repository (the
+    default angle_locator domain encoder, or exported ImageNet backbones), the default angle model for
+    angle fidelity. Models load now; without them the server still starts and ScoreSets answers
+    FAILED_PRECONDITION."""
+    from hipgen.inference.backend import OrtBackend
+    from services.score import ScoreServicer
+
+    servicer = ScoreServicer(OrtBackend(settings.model_repository), settings)
+    servicer.warm_up()
+    return servicer
 
 
 def dataset_servicer(settings: Settings) -> dataset_pb2_grpc.DatasetServiceServicer:

@@ -83,3 +83,29 @@ def tiny_generator_repo(tmp_path_factory: pytest.TempPathFactory, angle_repo: Pa
     for name in ("angle_keypoints", "angle_locator"):
         (repo / name).symlink_to((angle_repo / name).resolve())
     return repo
+
+
+@pytest.fixture(scope="session")
+def score_folders(tmp_path_factory: pytest.TempPathFactory, angle_repo: Path) -> dict[str, Path]:
+    """Two small sets to score, made by the CLI as a user would: ``real`` — 16 phantom studies cut to
+    pelvis views (``hipgen views``); ``synthetic`` — 12 images from the committed LCM generator at
+    angles drawn in 70–130° (``hipgen generate --na-range``), with generation.jsonl."""
+    from typer.testing import CliRunner
+
+    from hipgen.cli import app
+
+    if not (angle_repo / "generator_lcm").is_dir():
+        pytest.skip(f"{angle_repo} has no generator_lcm")
+    root = tmp_path_factory.mktemp("score")
+    runner = CliRunner()
+    for args in (
+        ["phantom", "-o", str(root / "studies"), "-n", "16", "--size", "384", "--seed", "5"],
+        ["views", "--data", str(root / "studies"), "-o", str(root / "real"), "--repo", str(angle_repo)],
+        [
+            "generate", "-o", str(root / "synthetic"), "--na-range", "70", "130", "-n", "12",
+            "--sampler", "lcm", "--repo", str(angle_repo), "--seed", "3",
+        ],
+    ):  # fmt: skip
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
+    return {"real": root / "real", "synthetic": root / "synthetic", "studies": root / "studies"}

@@ -79,3 +79,24 @@ def test_evaluate_generator_records_fidelity(tiny_generator_repo: Path, tmp_path
     manifest = json.loads((repo / "generator_lcm" / "MANIFEST.json").read_text())
     assert manifest["metrics"]["lcm-2"]["fidelity"] == report["fidelity"]
     assert (tmp_path / "ev" / "lcm-2.png").stat().st_size > 5000
+
+
+def test_generate_draws_angles_in_a_range(tiny_generator_repo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "range"
+    args = ["generate", "--repo", str(tiny_generator_repo), "--na-range", "80", "120", "--steps", "2"]
+    res = runner.invoke(app, [*args, "--count", "4", "--seed", "9", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in (out / "generation.jsonl").read_text().splitlines()]
+    req = [(r["requested_na_left"], r["requested_na_right"]) for r in rows]
+    assert len(set(req)) == 4 and all(80 <= a <= 120 and 80 <= b <= 120 for a, b in req)
+    again = runner.invoke(app, [*args, "--count", "4", "--seed", "9", "-o", str(tmp_path / "again")])
+    assert again.exit_code == 0
+    rows2 = [json.loads(line) for line in (tmp_path / "again" / "generation.jsonl").read_text().splitlines()]
+    assert [(r["requested_na_left"], r["requested_na_right"]) for r in rows2] == req  # seeded
+    for extra in ([], ["--na-left", "90"]):  # neither, or only half of a pair
+        bad = runner.invoke(
+            app, ["generate", "--repo", str(tiny_generator_repo), *extra, "-o", str(tmp_path / "x")]
+        )
+        assert bad.exit_code == 2 and "--na-range" in bad.output
+    both = runner.invoke(app, [*args, "--na-left", "90", "--na-right", "90", "-o", str(tmp_path / "y")])
+    assert both.exit_code == 2 and "either" in both.output

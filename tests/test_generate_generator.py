@@ -14,7 +14,8 @@ from hipgen.generate.conditions import ConditionError, NaRequest
 from hipgen.generate.generator import Generator, GeneratorSpec, NotAGeneratorError, choose_sampler
 from hipgen.generate.label import auto_label
 from hipgen.inference.backend import OrtBackend
-from hipgen.metrics.fidelity import angle_fidelity, fidelity_grid, frechet_distance
+from hipgen.metrics.distribution import frechet_distance
+from hipgen.metrics.fidelity import angle_fidelity, fidelity_grid
 
 
 def test_spec_round_trips_through_the_manifest(tiny_generator_repo: Path) -> None:

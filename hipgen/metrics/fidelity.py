@@ -23,6 +23,7 @@ class FidelityReport:
     pearson_r: float
     r2: float
     mae: float  # degrees
+    rmse: float  # degrees
     bias: float  # degrees, measured − requested
     within_5: float  # fraction of |measured − requested| ≤ 5°
 
@@ -51,6 +52,7 @@ def _report(requested: np.ndarray, measured: np.ndarray) -> FidelityReport:
         pearson_r=r,
         r2=1.0 - float((err**2).sum()) / ss_tot if ss_tot > 0 else float("nan"),
         mae=float(np.abs(err).mean()) if len(err) else float("nan"),
+        rmse=float(np.sqrt((err**2).mean())) if len(err) else float("nan"),
         bias=float(err.mean()) if len(err) else float("nan"),
         within_5=float((np.abs(err) <= 5.0).mean()) if len(err) else float("nan"),
     )
@@ -69,22 +71,4 @@ def angle_fidelity(requested: np.ndarray, measured: np.ndarray) -> dict[str, Fid
     }
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets (N, D) — FID's formula
-    ‖μa − μb‖² + tr(Σa + Σb − 2 (Σa Σb)^½); scipy's sqrtm, imaginary round-off dropped."""
-    from scipy import linalg
-
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        raise ValueError(f"need two (N ≥ 2, D) feature sets of the same D, got {a.shape} and {b.shape}")
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root = linalg.sqrtm(cov_a @ cov_b)
-    if not np.isfinite(root).all():  # singular product: offset both, as pytorch-fid does
-        eps = np.eye(len(cov_a)) * 1e-6
-        root = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
-    root = np.real(root)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root))
-
-
-__all__ = ["DEFAULT_GRID", "FidelityReport", "angle_fidelity", "fidelity_grid", "frechet_distance"]
+__all__ = ["DEFAULT_GRID", "FidelityReport", "angle_fidelity", "fidelity_grid"]

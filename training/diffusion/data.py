@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from hipgen.angle.geometry import PELVIS_SPAN, apply_affine, normalize_intensity, pelvis_frame, warp
+from hipgen.angle.geometry import PELVIS_SPAN
+from hipgen.data.views import pelvis_view
 from training.angle.data import SMALL_SIZES, HipSet, labelled_set
 from training.diffusion.train import DiffusionSet
 
@@ -14,15 +15,12 @@ from training.diffusion.train import DiffusionSet
 def pelvis_views(data: HipSet, size: int = 128, span: float = PELVIS_SPAN) -> tuple[DiffusionSet, HipSet]:
     """The generator's training set, and the same views as a labelled :class:`HipSet` (points follow the
     pixels) — what an angle model should measure on them."""
-    images, points, radii = [], [], []
+    images, kps = [], []
     for i in range(len(data)):
-        p = data.points[i]
-        m = pelvis_frame(tuple(p[0]), tuple(p[1]), size=size, span=span)
-        view = normalize_intensity(warp(data.image(i), m, size))
+        view, kp = pelvis_view(data.image(i), data.keypoints(i), size=size, span=span)
         images.append(view)
-        points.append(apply_affine(m, p))
-        radii.append(data.radii[i] * size / (span * float(np.linalg.norm(p[1] - p[0]))))
-    views = HipSet(images, np.array(points), np.array(radii), list(data.names))
+        kps.append(kp)
+    views = HipSet.from_keypoints(images, kps, list(data.names))
     stacked = np.stack(images)[:, None].astype(np.float32) * 2.0 - 1.0
     return DiffusionSet(stacked, views.angles()[:, ::-1].copy()), views  # condition order [left, right]
 

@@ -18,7 +18,8 @@ from hipgen.generate.conditions import NaRequest
 from hipgen.generate.generator import Generator, choose_sampler
 from hipgen.generate.label import measure_each, measured_angles
 from hipgen.inference.backend import OrtBackend
-from hipgen.metrics.fidelity import DEFAULT_GRID, angle_fidelity, fidelity_grid, frechet_distance
+from hipgen.metrics.distribution import frechet_distance
+from hipgen.metrics.fidelity import DEFAULT_GRID, angle_fidelity, fidelity_grid
 from training.diffusion.data import training_views
 
 REFERENCE_SEED = 900_001  # phantoms no generator trained on

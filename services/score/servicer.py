@@ -1,0 +1,346 @@
+"""ScoreService servicer: two image sets → :func:`hipgen.score.scoring.score_sets` → a metrics report.
+
+Thin by design: reading sets is :mod:`hipgen.score.sets`, features are :mod:`hipgen.score.features`
+(ONNX Runtime, no torch), every metric is :mod:`hipgen.metrics`. What lives here:
+
+- **Sets.** By reference (``file://`` or a path inside ``Settings.score_data_root``, resolved with
+  symlinks followed — nothing outside it is read; or ``s3://`` through fsspec) or inline images
+  (PNG/JPEG/DICOM/raw, each checked as AngleService checks one). At most ``score_max_images`` per set.
+- **Errors.** Every bad field at once as INVALID_ARGUMENT with ``BadRequest`` violations:
+  ``reference`` / ``candidate`` (missing, unreadable, empty, too large, outside the data root),
+  ``…inline_images.images[i].data``, ``…inline_images.conditions`` (not parallel to the images),
+  ``metrics`` (unknown names), ``feature_backbone`` (not offered), ``image_size``. A default backbone or
+  angle model that is not deployed answers FAILED_PRECONDITION. Anything unexpected answers INTERNAL
+  with a generic message and is logged here (never pixel data).
+- **Load.** At most ``score_max_concurrent`` runs at once; more answer RESOURCE_EXHAUSTED at once rather
+  than queue behind minutes of work.
+- **Streaming.** ``StreamScoreSets`` runs the same computation on a worker thread and forwards its
+  progress events; a cancelled call (or a passed deadline) stops it between batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import grpc
+import numpy as np
+from prometheus_client import Counter, Histogram
+
+from hipgen.angle.measure import measurer_from_backend
+from hipgen.api.v1 import score_pb2, score_pb2_grpc
+from hipgen.inference.backend import Backend, ModelNotFoundError
+from hipgen.score.features import UnknownBackboneError, available_backbones, backbone_for
+from hipgen.score.scoring import Cancelled, ScoreOptionError, ScoreOptions, ScoreReport, score_sets
+from hipgen.score.sets import ImageSet, SetError, load_set
+from hipgen.settings import Settings
+from services.angle.servicer import decode_image
+from services.errors import FieldViolation, RequestError
+
+log = logging.getLogger("services.score")
+
+INTERNAL_MESSAGE = "internal error while scoring (the server log has the details)"
+SCORE_SECONDS = Histogram(
+    "hipgen_score_seconds",
+    "Seconds of one scoring run (reading both sets, features, every metric).",
+    buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800),
+)
+SCORED_IMAGES = Counter("hipgen_score_images", "Images read for scoring.", ["role"])
+
+
+class ScoreRequestError(RequestError):
+    pass
+
+
+def _set_violations(req: score_pb2.ScoreSetsRequest, settings: Settings) -> list[FieldViolation]:
+    bad = []
+    for role in ("reference", "candidate"):
+        s: score_pb2.ImageSet = getattr(req, role)
+        kind = s.WhichOneof("source") if req.HasField(role) else None
+        if kind is None:
+            bad.append(FieldViolation(role, "is required: a uri or inline_images"))
+        elif kind == "uri":
+            bad += _uri_violations(f"{role}.uri", s.uri, settings.score_data_root)
+        else:
+            imgs = s.inline_images
+            if not imgs.images:
+                bad.append(FieldViolation(f"{role}.inline_images.images", "is empty"))
+            if len(imgs.images) > settings.score_max_images:
+                bad.append(
+                    FieldViolation(
+                        f"{role}.inline_images.images",
+                        f"{len(imgs.images)} images; the server scores at most {settings.score_max_images}",
+                    )
+                )
+            if imgs.conditions and len(imgs.conditions) != len(imgs.images):
+                bad.append(
+                    FieldViolation(
+                        f"{role}.inline_images.conditions",
+                        f"must be empty or one per image ({len(imgs.images)}), got {len(imgs.conditions)}",
+                    )
+                )
+            for i, c in enumerate(imgs.conditions):
+                for side in ("na_left_deg", "na_right_deg"):
+                    v = getattr(c, side)
+                    if not (math.isfinite(v) and 0.0 < v < 180.0):
+                        bad.append(
+                            FieldViolation(
+                                f"{role}.inline_images.conditions[{i}].{side}",
+                                f"must be an angle in (0, 180) degrees, got {v}",
+                            )
+                        )
+    return bad
+
+
+def _uri_violations(field: str, uri: str, root: Path) -> list[FieldViolation]:
+    parsed = urlparse(uri)
+    if not uri:
+        return [FieldViolation(field, "is empty")]
+    if parsed.scheme == "s3":
+        return [] if parsed.netloc else [FieldViolation(field, f"{uri}: no bucket")]
+    if parsed.scheme not in ("", "file"):
+        return [FieldViolation(field, f"{uri}: only file:// and s3:// URIs are read")]
+    path = Path(parsed.path if parsed.scheme == "file" else uri)
+    base = root.resolve()
+    resolved = (path if path.is_absolute() else base / path).resolve()
+    if not resolved.is_relative_to(base):
+        return [FieldViolation(field, f"{uri}: outside the server's data root")]
+    if not resolved.is_dir():
+        return [FieldViolation(field, f"{uri}: no such folder")]
+    return []
+
+
+def _inline(role: str, s: score_pb2.InlineImageSet, pixel_cap: int) -> ImageSet:
+    images, names, bad = [], [], []
+    for i, im in enumerate(s.images):
+        try:
+            images.append(decode_image(im, pixel_cap).pixels)
+            names.append(im.file_name or f"{role}_{i}")
+        except RequestError as e:
+            for v in e.violations:
+                bad.append(
+                    FieldViolation(
+                        f"{role}.inline_images.images[{i}]{v.field.removeprefix('image')}", v.description
+                    )
+                )
+    if bad:
+        raise ScoreRequestError.invalid(bad)
+    requested = None
+    if s.conditions:
+        requested = np.array([[c.na_left_deg, c.na_right_deg] for c in s.conditions], np.float64)
+    return ImageSet(images, names, [None] * len(images), requested, f"inline ({len(images)} images)")
+
+
+def _to_proto(report: ScoreReport) -> score_pb2.ScoreSetsResponse:
+    out = score_pb2.ScoreSetsResponse(
+        feature_backbone=report.backbone,
+        reference_count=report.reference_count,
+        candidate_count=report.candidate_count,
+        notes=report.notes,
+    )
+    for m in report.metrics:
+        pm = out.metrics.add(
+            name=m.name, value=m.value, standard_error=m.standard_error, sample_count=m.sample_count
+        )
+        if m.noise_baseline is not None:
+            pm.noise_baseline = m.noise_baseline
+    if report.memorisation is not None:
+        out.metrics.add(
+            name="memorisation",
+            value=report.memorisation.flagged_fraction,
+            sample_count=len(report.memorisation.score),
+        )
+    if report.fidelity:
+        for side, msg in (("left", out.angle_fidelity_left), ("right", out.angle_fidelity_right)):
+            f = report.fidelity[side]
+            msg.pearson_r = _finite(f.pearson_r)
+            msg.r_squared = _finite(f.r2)
+            msg.mean_absolute_error_deg = _finite(f.mae)
+            msg.rmse_deg = _finite(f.rmse)
+            msg.bias_deg = _finite(f.bias)
+            msg.count = f.n
+    return out
+
+
+def _violation(e: SetError | ScoreOptionError) -> FieldViolation:
+    return FieldViolation(e.field, str(e).removeprefix(f"{e.field}: "))
+
+
+def _finite(v: float) -> float:
+    return v if math.isfinite(v) else 0.0
+
+
+class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
+    def __init__(self, backend: Backend, settings: Settings, repository: str | Path | None = None) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.repository = Path(repository or settings.model_repository)
+        self._slots = threading.BoundedSemaphore(settings.score_max_concurrent)
+
+    def warm_up(self) -> bool:
+        """Load the default backbone and angle model now; False (logged) when they are not deployed."""
+        try:
+            backbone_for(self.repository, None, self.backend)
+            measurer_from_backend(self.backend)
+            return True
+        except (UnknownBackboneError, ModelNotFoundError, OSError, ValueError) as e:
+            log.warning("score models not loaded", extra={"error": str(e)})
+            return False
+
+    # --- one run ------------------------------------------------------------------------------------
+    def _options(self, req: score_pb2.ScoreSetsRequest) -> ScoreOptions:
+        options = ScoreOptions(metrics=tuple(req.metrics), image_size=req.image_size, seed=req.seed)
+        bad = []
+        for check in (options.chosen, options.structural_size):
+            try:
+                check()
+            except ScoreOptionError as e:
+                bad.append(_violation(e))
+        name = req.feature_backbone
+        if name and name not in available_backbones(self.repository):
+            offered = available_backbones(self.repository)
+            bad.append(
+                FieldViolation("feature_backbone", f"unknown backbone {name!r}; this server offers {offered}")
+            )
+        bad += _set_violations(req, self.settings)
+        if bad:
+            raise ScoreRequestError.invalid(bad)
+        return options
+
+    def _read(self, role: str, s: score_pb2.ImageSet, progress: Callable[[str, int, int], None]) -> ImageSet:
+        if s.WhichOneof("source") == "inline_images":
+            out = _inline(role, s.inline_images, self.settings.max_image_pixels)
+        else:
+            uri = s.uri
+            parsed = urlparse(uri)
+            if parsed.scheme in ("", "file"):
+                path = Path(parsed.path if parsed.scheme == "file" else uri)
+                uri = str(path if path.is_absolute() else self.settings.score_data_root.resolve() / path)
+            try:
+                out = load_set(
+                    uri,
+                    limit=self.settings.score_max_images,
+                    field_name=f"{role}.uri",
+                    on_image=lambda n: progress(f"read: {role}", n, 0),
+                )
+            except SetError as e:
+                raise ScoreRequestError.invalid([_violation(e)]) from None
+            out.source = s.uri
+        SCORED_IMAGES.labels(role).inc(len(out))
+        return out
+
+    def _run(
+        self,
+        req: score_pb2.ScoreSetsRequest,
+        progress: Callable[[str, int, int], None],
+        cancelled: Callable[[], bool],
+    ) -> score_pb2.ScoreSetsResponse:
+        options = self._options(req)
+        if not self._slots.acquire(blocking=False):
+            raise ScoreRequestError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the server is already computing {self.settings.score_max_concurrent} scoring runs; "
+                "retry later",
+            )
+        try:
+            with SCORE_SECONDS.time():
+                try:
+                    backbone = backbone_for(self.repository, req.feature_backbone or None, self.backend)
+                    measurer = measurer_from_backend(self.backend)
+                except (UnknownBackboneError, ModelNotFoundError) as e:
+                    raise ScoreRequestError(
+                        grpc.StatusCode.FAILED_PRECONDITION, f"a default scoring model is not deployed: {e}"
+                    ) from None
+                reference = self._read("reference", req.reference, progress)
+                candidate = self._read("candidate", req.candidate, progress)
+                try:
+                    report = score_sets(
+                        reference,
+                        candidate,
+                        options,
+                        backbone=backbone,
+                        measurer=measurer,
+                        on_progress=progress,
+                        cancelled=cancelled,
+                    )
+                except ScoreOptionError as e:
+                    raise ScoreRequestError.invalid([_violation(e)]) from None
+                return _to_proto(report)
+        finally:
+            self._slots.release()
+
+    # --- RPCs ---------------------------------------------------------------------------------------
+    def ScoreSets(  # noqa: N802 (generated method name)
+        self, request: score_pb2.ScoreSetsRequest, context: grpc.ServicerContext
+    ) -> score_pb2.ScoreSetsResponse:
+        try:
+            return self._run(request, lambda *_: None, lambda: not context.is_active())
+        except ScoreRequestError as e:
+            e.abort(context)
+        except Cancelled:
+            context.abort(grpc.StatusCode.CANCELLED, "cancelled")
+        except Exception:
+            log.exception("scoring failed")
+            context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+        raise AssertionError("unreachable")  # abort raises
+
+    def StreamScoreSets(  # noqa: N802 (generated method name)
+        self, request: score_pb2.StreamScoreSetsRequest, context: grpc.ServicerContext
+    ) -> Iterator[score_pb2.StreamScoreSetsResponse]:
+        events: queue.Queue[Any] = queue.Queue(maxsize=256)
+        done = object()
+        stop = threading.Event()
+        result: dict[str, Any] = {}
+
+        def progress(stage: str, n: int, total: int) -> None:
+            msg = score_pb2.StreamScoreSetsResponse(
+                progress=score_pb2.ScoreProgress(stage=stage, done=n, total=total)
+            )
+            with contextlib.suppress(queue.Full):  # a slow reader misses progress, never the result
+                events.put_nowait(msg)
+
+        def work() -> None:
+            try:
+                result["response"] = self._run(request.request, progress, stop.is_set)
+            except BaseException as e:  # handed to the RPC thread
+                result["error"] = e
+            finally:
+                events.put(done)
+
+        worker = threading.Thread(target=work, name="score-run", daemon=True)
+        worker.start()
+        try:
+            while True:
+                try:
+                    item = events.get(timeout=0.2)
+                except queue.Empty:
+                    if not context.is_active():
+                        stop.set()
+                        return
+                    continue
+                if item is done:
+                    break
+                yield item
+        finally:
+            if not context.is_active():
+                stop.set()
+        err = result.get("error")
+        if isinstance(err, ScoreRequestError):
+            err.abort(context)
+        elif isinstance(err, Cancelled):
+            context.abort(grpc.StatusCode.CANCELLED, "cancelled")
+        elif err is not None:
+            log.error("scoring failed", exc_info=err)
+            context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+        else:
+            yield score_pb2.StreamScoreSetsResponse(result=result["response"])
+
+
+__all__ = ["ScoreRequestError", "ScoreServicer"]

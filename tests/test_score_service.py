@@ -1,0 +1,201 @@
+"""ScoreService over a real gRPC server on 127.0.0.1: sets by file:// reference and inline, streamed
+progress, every metric with the backbone named, and INVALID_ARGUMENT naming the bad field."""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from conftest import serving_channel
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from PIL import Image
+
+from hipgen.api.v1 import common_pb2, score_pb2, score_pb2_grpc
+from hipgen.score.features import DEFAULT_BACKBONE
+from hipgen.settings import Settings
+
+
+def _settings(repo: Path, root: Path, **kw: Any) -> Settings:
+    return Settings(
+        host="127.0.0.1", port=0, metrics_port=0, model_repository=repo, score_data_root=root, **kw
+    )
+
+
+def _violations(err: grpc.RpcError) -> dict[str, str]:
+    status = rpc_status.from_call(err)
+    assert status is not None
+    out = {}
+    for d in status.details:
+        br = error_details_pb2.BadRequest()
+        if d.Unpack(br):
+            out.update({v.field: v.description for v in br.field_violations})
+    return out
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def channel(angle_repo: Path, score_folders: dict[str, Path]):
+    with serving_channel(_settings(angle_repo, score_folders["real"].parent)) as ch:
+        yield ch
+
+
+def _request(score_folders: dict[str, Path], **kw: Any) -> score_pb2.ScoreSetsRequest:
+    return score_pb2.ScoreSetsRequest(
+        reference=score_pb2.ImageSet(uri=f"file://{score_folders['real']}"),
+        candidate=score_pb2.ImageSet(uri="synthetic"),  # relative to the data root
+        **kw,
+    )
+
+
+def test_score_sets_by_reference_reports_every_metric(channel: Any, score_folders: dict[str, Path]) -> None:
+    stub = score_pb2_grpc.ScoreServiceStub(channel)
+    res = stub.ScoreSets(_request(score_folders, seed=1), timeout=300)
+    assert res.feature_backbone == DEFAULT_BACKBONE
+    assert (res.reference_count, res.candidate_count) == (16, 12)
+    got = {m.name: m for m in res.metrics}
+    for name in (
+        "fid",
+        "kid",
+        "mmd",
+        "precision",
+        "recall",
+        "ssim",
+        "ms_ssim",
+        "ssim_diversity",
+        "memorisation",
+    ):
+        assert name in got, name
+    assert got["fid"].value > 0 and got["fid"].HasField("noise_baseline")
+    assert got["fid"].value < got["fid"].noise_baseline  # generated views are closer to real than noise
+    assert got["ssim"].value > got["ssim"].noise_baseline
+    assert got["kid"].standard_error > 0
+    assert 0 <= got["memorisation"].value <= 1
+    assert res.angle_fidelity_left.count + len([n for n in res.notes if "angle" in n]) > 0
+    assert res.angle_fidelity_left.count <= 12 and res.angle_fidelity_left.mean_absolute_error_deg > 0
+    # the same seed gives the same report
+    again = stub.ScoreSets(_request(score_folders, seed=1), timeout=300)
+    assert [m.value for m in again.metrics] == [m.value for m in res.metrics]
+
+
+def test_stream_score_sets_sends_progress_then_the_result(
+    channel: Any, score_folders: dict[str, Path]
+) -> None:
+    stub = score_pb2_grpc.ScoreServiceStub(channel)
+    req = score_pb2.StreamScoreSetsRequest(request=_request(score_folders, metrics=["fid", "ssim"]))
+    events = list(stub.StreamScoreSets(req, timeout=300))
+    stages = [e.progress.stage for e in events if e.WhichOneof("event") == "progress"]
+    assert "features: candidate" in stages and "structural" in stages
+    assert events[-1].WhichOneof("event") == "result"
+    assert [m.name for m in events[-1].result.metrics] == ["fid", "ssim"]
+    assert all(e.WhichOneof("event") == "progress" for e in events[:-1])
+
+
+def test_inline_sets_with_conditions_give_angle_fidelity(
+    channel: Any, score_folders: dict[str, Path]
+) -> None:
+    from hipgen.score.sets import read_folder
+
+    real = read_folder(score_folders["real"], limit=100)
+    synth = read_folder(score_folders["synthetic"], limit=100)
+    assert synth.requested is not None
+    req = score_pb2.ScoreSetsRequest(
+        reference=score_pb2.ImageSet(
+            inline_images=score_pb2.InlineImageSet(
+                images=[
+                    common_pb2.Image(data=_png(p), encoding=common_pb2.IMAGE_ENCODING_PNG)
+                    for p in real.images
+                ]
+            )
+        ),
+        candidate=score_pb2.ImageSet(
+            inline_images=score_pb2.InlineImageSet(
+                images=[
+                    common_pb2.Image(data=_png(p), encoding=common_pb2.IMAGE_ENCODING_PNG)
+                    for p in synth.images
+                ],
+                conditions=[
+                    common_pb2.NaCondition(na_left_deg=a, na_right_deg=b) for a, b in synth.requested
+                ],
+            )
+        ),
+        metrics=["angle_fidelity", "fid"],
+    )
+    res = score_pb2_grpc.ScoreServiceStub(channel).ScoreSets(req, timeout=300)
+    assert res.candidate_count == len(synth.images)
+    assert res.angle_fidelity_left.count == len(synth.images)
+    assert res.angle_fidelity_right.rmse_deg >= res.angle_fidelity_right.mean_absolute_error_deg > 0
+    assert [m.name for m in res.metrics] == ["fid"]
+
+
+def test_bad_requests_name_every_bad_field(
+    channel: Any, score_folders: dict[str, Path], tmp_path: Path
+) -> None:
+    stub = score_pb2_grpc.ScoreServiceStub(channel)
+    bad = score_pb2.ScoreSetsRequest(
+        reference=score_pb2.ImageSet(uri=f"file://{tmp_path}"),  # outside the data root
+        candidate=score_pb2.ImageSet(
+            inline_images=score_pb2.InlineImageSet(
+                images=[common_pb2.Image(data=b"not an image", encoding=common_pb2.IMAGE_ENCODING_PNG)],
+                conditions=[],
+            )
+        ),
+        metrics=["fid", "sharpness"],
+        feature_backbone="inception_v9",
+        image_size=5,
+    )
+    with pytest.raises(grpc.RpcError) as e:
+        stub.ScoreSets(bad, timeout=60)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    v = _violations(e.value)
+    assert "data root" in v["reference.uri"]
+    assert "sharpness" in v["metrics"]
+    assert "inception_v9" in v["feature_backbone"]
+    assert "image_size" in v
+    # the corrupt inline image is named by its index once the request's shape is right
+    shaped = score_pb2.ScoreSetsRequest(reference=_request(score_folders).reference, candidate=bad.candidate)
+    with pytest.raises(grpc.RpcError) as e:
+        stub.ScoreSets(shaped, timeout=60)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "candidate.inline_images.images[0].data" in _violations(e.value)
+    missing = score_pb2.ScoreSetsRequest(candidate=score_pb2.ImageSet(uri="no/such/folder"))
+    with pytest.raises(grpc.RpcError) as e:
+        stub.ScoreSets(missing, timeout=60)
+    v = _violations(e.value)
+    assert "required" in v["reference"] and "no such folder" in v["candidate.uri"]
+
+
+def test_a_full_server_answers_resource_exhausted(angle_repo: Path, score_folders: dict[str, Path]) -> None:
+    """One slot: while a streamed run holds it, a second call is refused at once, and cancelling the
+    stream frees the slot."""
+    with serving_channel(_settings(angle_repo, score_folders["real"].parent, score_max_concurrent=1)) as ch:
+        stub = score_pb2_grpc.ScoreServiceStub(ch)
+        stream = stub.StreamScoreSets(
+            score_pb2.StreamScoreSetsRequest(request=_request(score_folders)), timeout=300
+        )
+        first = next(stream)  # the run holds the slot once it reports progress
+        assert first.WhichOneof("event") == "progress"
+        with pytest.raises(grpc.RpcError) as e:
+            stub.ScoreSets(_request(score_folders, metrics=["fid"]), timeout=60)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        stream.cancel()
+        done = threading.Event()
+        for _ in range(100):  # the cancelled run stops between batches and releases its slot
+            try:
+                stub.ScoreSets(_request(score_folders, metrics=["ssim"]), timeout=60)
+                done.set()
+                break
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                threading.Event().wait(0.2)
+        assert done.is_set()
