@@ -39,6 +39,7 @@ def experiment_augment(
     steps: Annotated[int, typer.Option(min=1, help="training steps per run (same with and without)")] = 150,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     threads: Annotated[int, typer.Option(min=0, help="torch threads (0: torch's default)")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, or cuda on a GPU machine")] = "cpu",
     repo: Annotated[Path, typer.Option("--repo", help="model repository (generators, angle models)")] = Path(
         "model_repository"
     ),
@@ -58,6 +59,7 @@ def experiment_augment(
             steps=steps,
             batch_size=batch_size,
             threads=threads,
+            device=device,
             repo=str(repo),
             extra={"command": shlex.join(["hipgen", *sys.argv[1:]])},
         )

@@ -6,8 +6,10 @@ every service, list them through server reflection and call each once (services 
 landed answer UNIMPLEMENTED); (4) measure a few of the phantoms through AngleService (one PredictAngle,
 the rest over one StreamPredictAngle), print true vs measured Norberg angles and write the overlays to
 ``<out_dir>/angle_overlays``; (5) generate images at requested angles through GenerateService (LCM,
-4 steps) into ``<out_dir>/generated`` with requested vs measured angles; (6) print what is where and
-stop the server.
+4 steps) into ``<out_dir>/generated`` with requested vs measured angles; (6) score the generated
+images against pelvis views of the phantoms through ScoreService (StreamScoreSets, inline images):
+distribution and structural metrics beside their pure-noise baselines, and angle fidelity; (7) print
+what is where and stop the server.
 
 The angle models come from the ``model_repository`` setting (``HIPGEN_MODEL_REPOSITORY``). The demo
 prints the numbers without judging them (a development repository may hold untrained models), but any
@@ -168,7 +170,7 @@ def _angle_table(entries: list, responses: list, overlays: Path) -> Table:
 GENERATE_CONDITIONS = ((80.0, 120.0), (105.0, 105.0), (125.0, 90.0))
 
 
-def _generate(port: int, out: Path) -> Table:
+def _generate(port: int, out: Path) -> tuple[Table, list]:
     """Generate through GenerateService (LCM, 4 steps, two seeds per condition), write the PNGs (marked
     synthetic) to ``out`` and tabulate requested vs measured NA. Raises :class:`AngleDemoError`."""
     from hipgen.api.v1 import common_pb2, generate_pb2, generate_pb2_grpc
@@ -204,6 +206,58 @@ def _generate(port: int, out: Path) -> Table:
             str(img.seed),
             f"{lab.provenance.generator} {lab.provenance.model_version}",
         )
+    return table, images
+
+
+def _score(port: int, phantoms: Path, generated: list) -> Table:
+    """Score the generated PNGs (with their requested angles) against pelvis views cut from the phantoms
+    through ScoreService, sent inline. Raises :class:`AngleDemoError`."""
+    from hipgen.api.v1 import common_pb2, score_pb2, score_pb2_grpc
+    from hipgen.data.imagefolder import iter_imagefolder
+    from hipgen.data.images import encode_png
+    from hipgen.data.views import pelvis_view
+
+    def png(name: str, data: bytes) -> common_pb2.Image:
+        return common_pb2.Image(data=data, encoding=common_pb2.IMAGE_ENCODING_PNG, file_name=name)
+
+    real = [
+        png(rec.file_name, encode_png(pelvis_view(rad.pixels, rec.keypoints())[0]))
+        for rec, rad in iter_imagefolder(phantoms)
+    ]
+    synth = [png(g.image.file_name, g.image.data) for g in generated]
+    conditions = [g.requested for g in generated]
+    request = score_pb2.StreamScoreSetsRequest(
+        request=score_pb2.ScoreSetsRequest(
+            reference=score_pb2.ImageSet(inline_images=score_pb2.InlineImageSet(images=real)),
+            candidate=score_pb2.ImageSet(
+                inline_images=score_pb2.InlineImageSet(images=synth, conditions=conditions)
+            ),
+            metrics=["fid", "kid", "mmd", "precision", "recall", "ssim", "angle_fidelity"],
+        )
+    )
+    events, result = 0, None
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            for event in score_pb2_grpc.ScoreServiceStub(channel).StreamScoreSets(request, timeout=120):
+                if event.HasField("result"):
+                    result = event.result
+                else:
+                    events += 1
+        except grpc.RpcError as e:
+            raise AngleDemoError(f"ScoreService: {e.code().name}: {e.details()}") from None
+    assert result is not None
+    table = Table(
+        title=f"ScoreService: {len(synth)} generated vs {len(real)} phantom views",
+        caption=f"backbone {result.feature_backbone}; {events} progress events",
+    )
+    for col in ("metric", "value", "pure noise"):
+        table.add_column(col)
+    for m in result.metrics:
+        table.add_row(
+            m.name, f"{m.value:.4g}", f"{m.noise_baseline:.4g}" if m.HasField("noise_baseline") else "—"
+        )
+    for side, f in (("left", result.angle_fidelity_left), ("right", result.angle_fidelity_right)):
+        table.add_row(f"angle MAE ({side})", f"{f.mean_absolute_error_deg:.1f}°", "")
     return table
 
 
@@ -240,7 +294,7 @@ def main() -> int:
     generated = out / "generated"
     if generated.exists():
         shutil.rmtree(generated)
-    angle_error = generate_error = None
+    angle_error = generate_error = score_error = None
     try:
         rows = _probe(port)
         try:
@@ -248,9 +302,14 @@ def main() -> int:
         except AngleDemoError as e:
             angle_error = str(e)
         try:
-            generate_table = _generate(port, generated)
+            generate_table, generated_images = _generate(port, generated)
         except AngleDemoError as e:
             generate_error = str(e)
+        if generate_error is None:
+            try:
+                score_table = _score(port, data, generated_images)
+            except AngleDemoError as e:
+                score_error = str(e)
     finally:
         proc.terminate()
         try:
@@ -280,6 +339,10 @@ def main() -> int:
         console.print(generate_table)
     else:
         console.print(f"[red]GenerateService failed:[/red] {generate_error}", highlight=False, soft_wrap=True)
+    if generate_error is None and score_error is None:
+        console.print(score_table)
+    elif score_error is not None:
+        console.print(f"[red]ScoreService failed:[/red] {score_error}", highlight=False, soft_wrap=True)
 
     where = Table(title="what is where", show_header=False)
     where.add_row("phantom data set", f"{data}/ (PNG + metadata.csv + phantom_specs.jsonl + manifest.json)")
@@ -302,6 +365,7 @@ def main() -> int:
         and len(rows) == 4
         and angle_error is None
         and generate_error is None
+        and score_error is None
     )
     console.print("[green]demo OK[/green]" if ok else "[red]demo found a problem[/red]")
     return 0 if ok else 1

@@ -35,5 +35,16 @@ class ImageTooLargeError(InputError):
     """The image would exceed the pixel cap (decompression-bomb guard)."""
 
 
+class FieldError(HipgenError, ValueError):
+    """A request or option value that cannot be used; ``field`` names it (a proto field path such as
+    ``candidate.uri``, or an option), ``reason`` says why — what a service turns into a ``BadRequest``
+    field violation."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
 class LabelError(InputError):
     """A label record is missing fields or holds values that make no sense."""

@@ -12,6 +12,8 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from hipgen.errors import FieldError
+
 MAX_VIOLATIONS = 10
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")  # a repository folder name, never a path
 
@@ -22,6 +24,11 @@ class FieldViolation:
 
     field: str
     description: str
+
+
+def violation(err: FieldError) -> FieldViolation:
+    """The field violation a library's :class:`~hipgen.errors.FieldError` names."""
+    return FieldViolation(err.field, err.reason)
 
 
 class RequestError(Exception):
@@ -72,4 +79,4 @@ class RequestError(Exception):
         context.abort_with_status(rpc_status.to_status(self.to_status()))
 
 
-__all__ = ["MAX_VIOLATIONS", "MODEL_NAME", "FieldViolation", "RequestError"]
+__all__ = ["MAX_VIOLATIONS", "MODEL_NAME", "FieldViolation", "RequestError", "violation"]

@@ -33,3 +33,6 @@ def test_demo_renders_starts_server_and_reports(tmp_path: Path):
     generated = sorted((tmp_path / "out" / "generated").glob("*.png"))
     assert len(generated) == 6 and "GenerateService (LCM-4" in done.stdout
     assert all(Image.open(p).text["hipgen:synthetic"] == "true" for p in generated)
+    assert "ScoreService: 6 generated vs 24 phantom views" in done.stdout
+    assert "backbone angle_locator" in done.stdout
+    assert "angle MAE (left)" in done.stdout

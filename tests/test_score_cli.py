@@ -165,5 +165,7 @@ def test_experiment_augment_runs_resumes_and_tabulates(angle_repo: Path, tmp_pat
     # a rerun trains nothing new
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and len((out / "runs.jsonl").read_text().splitlines()) == 4
+    changed = runner.invoke(app, [*args, "--steps", "3"])  # other numbers must not mix with these
+    assert changed.exit_code == 2 and "steps" in changed.output
     bad = runner.invoke(app, [*args[:3], str(tmp_path / "b"), "--samplers", "euler-3"])
     assert bad.exit_code == 2 and "euler-3" in bad.output

@@ -199,3 +199,49 @@ def test_a_full_server_answers_resource_exhausted(angle_repo: Path, score_folder
                 assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 threading.Event().wait(0.2)
         assert done.is_set()
+
+
+def test_sets_by_s3_uri_from_a_local_s3_server(
+    channel: Any, score_folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """moto's S3 server on 127.0.0.1 holds the synthetic set; the service reads it by s3:// URI, and a
+    missing prefix is INVALID_ARGUMENT naming candidate.uri."""
+    fsspec = pytest.importorskip("fsspec")
+    pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        for k, v in {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        }.items():
+            monkeypatch.setenv(k, v)
+        fs = fsspec.filesystem("s3", skip_instance_cache=True)
+        fs.mkdir("hipgen-test")
+        fs.put(str(score_folders["synthetic"]), "hipgen-test/sets/synthetic", recursive=True)
+        stub = score_pb2_grpc.ScoreServiceStub(channel)
+        req = _request(score_folders, metrics=["fid", "angle_fidelity"])
+        req.candidate.uri = "s3://hipgen-test/sets/synthetic"
+        res = stub.ScoreSets(req, timeout=300)
+        assert res.candidate_count == 12 and res.angle_fidelity_left.count > 0
+        req.candidate.uri = "s3://hipgen-test/sets/nothing-here"
+        with pytest.raises(grpc.RpcError) as e:
+            stub.ScoreSets(req, timeout=60)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "candidate.uri" in _violations(e.value)
+    finally:
+        server.stop()
+
+
+def test_missing_models_answer_failed_precondition(score_folders: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "empty_repo").mkdir()
+    with serving_channel(_settings(tmp_path / "empty_repo", score_folders["real"].parent)) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            score_pb2_grpc.ScoreServiceStub(ch).ScoreSets(
+                _request(score_folders, metrics=["ssim"]), timeout=60
+            )
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "not deployed" in e.value.details()

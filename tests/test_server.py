@@ -98,8 +98,9 @@ def _code(call) -> grpc.StatusCode:
 
 
 def test_every_service_answers_unimplemented_until_its_issue_lands(channel: grpc.Channel):
-    """AngleService and GenerateService have landed (tests/test_angle_service.py,
-    tests/test_generate_service.py) and refuse bad requests by name; the others answer UNIMPLEMENTED."""
+    """AngleService, GenerateService and ScoreService have landed (tests/test_angle_service.py,
+    tests/test_generate_service.py, tests/test_score_service.py) and refuse bad requests by name; the
+    others answer UNIMPLEMENTED."""
     angle = angle_pb2_grpc.AngleServiceStub(channel)
     generate = generate_pb2_grpc.GenerateServiceStub(channel)
     score = score_pb2_grpc.ScoreServiceStub(channel)
@@ -123,6 +124,7 @@ def test_every_service_answers_unimplemented_until_its_issue_lands(channel: grpc
     codes = {name: _code(call) for name, call in calls.items()}
     assert codes.pop("PredictAngle") == grpc.StatusCode.INVALID_ARGUMENT  # a truncated PNG, named
     assert codes.pop("Generate") == grpc.StatusCode.INVALID_ARGUMENT
+    assert codes.pop("ScoreSets") == grpc.StatusCode.INVALID_ARGUMENT  # no sets named
     assert codes == dict.fromkeys(codes, grpc.StatusCode.UNIMPLEMENTED)
 
 

@@ -12,15 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hipgen.errors import FieldError
+
 TRAINED_NA_RANGE = (70.0, 130.0)  # degrees; the phantom training sets' uniform NA range
 
 
-class ConditionError(ValueError):
+class ConditionError(FieldError):
     """A requested condition the generator cannot honour; ``field`` names the offending request field."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from hipgen.anatomy import DEFAULT_THRESHOLD_DEG
+from hipgen.errors import FieldError
 from hipgen.generate.label import measure_each, measured_angles
 from hipgen.metrics.baseline import improvement_factor, noise_images
 from hipgen.metrics.distribution import frechet_distance, kid, mmd_rbf, precision_recall
@@ -35,12 +36,8 @@ STRUCTURAL_SIZE = 256  # MS-SSIM needs ≥ 161 px; the published study also scor
 Progress = Callable[[str, int, int], None]
 
 
-class ScoreOptionError(ValueError):
+class ScoreOptionError(FieldError):
     """A scoring option the request got wrong; ``field`` names the request field."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 class Cancelled(Exception):

@@ -24,18 +24,14 @@ import numpy as np
 from hipgen.data.datasets import detect_format, iter_dataset
 from hipgen.data.images import read_image
 from hipgen.data.record import LabelRecord
-from hipgen.errors import InputError
+from hipgen.errors import FieldError, InputError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"})
 GENERATION_LOG = "generation.jsonl"
 
 
-class SetError(ValueError):
+class SetError(FieldError):
     """A set that cannot be scored; ``field`` names the request field (``reference`` or ``candidate``)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 @dataclass
@@ -67,7 +63,7 @@ def local_folder(uri: str, field_name: str) -> Iterator[Path]:
     try:
         import fsspec
 
-        fs = fsspec.filesystem("s3")
+        fs = fsspec.filesystem("s3", skip_instance_cache=True)  # the endpoint/credentials of now
     except (ImportError, ValueError) as e:
         raise SetError(field_name, f"{uri}: reading s3:// needs s3fs installed ({e})") from None
     with tempfile.TemporaryDirectory(prefix="hipgen-score-") as tmp:

@@ -57,7 +57,7 @@ from hipgen.generate.sampling import iter_sample
 from hipgen.inference.backend import Backend, ModelNotFoundError
 from hipgen.settings import Settings
 from services.angle.servicer import label_to_proto
-from services.errors import MODEL_NAME, FieldViolation, RequestError
+from services.errors import MODEL_NAME, FieldViolation, RequestError, violation
 
 log = logging.getLogger("services.generate")
 
@@ -237,13 +237,13 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
             )
         except ConditionError as e:
             if not any(v.field == e.field for v in bad):
-                bad.append(FieldViolation(e.field, str(e).split(": ", 1)[1]))
+                bad.append(violation(e))
         requests = []
         for i, c in enumerate(request.conditions):
             req = NaRequest(c.na_left_deg, c.na_right_deg)
             for e in req.problems(gen.spec.na_range):
                 proto_field = {"na_left": "na_left_deg", "na_right": "na_right_deg"}[e.field]
-                bad.append(FieldViolation(f"conditions[{i}].{proto_field}", str(e).split(": ", 1)[1]))
+                bad.append(FieldViolation(f"conditions[{i}].{proto_field}", e.reason))
             requests += [req] * per
         if bad or choice is None:
             raise RequestError.invalid(bad)

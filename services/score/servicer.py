@@ -42,7 +42,7 @@ from hipgen.score.scoring import Cancelled, ScoreOptionError, ScoreOptions, Scor
 from hipgen.score.sets import ImageSet, SetError, load_set
 from hipgen.settings import Settings
 from services.angle.servicer import decode_image
-from services.errors import FieldViolation, RequestError
+from services.errors import FieldViolation, RequestError, violation
 
 log = logging.getLogger("services.score")
 
@@ -169,10 +169,6 @@ def _to_proto(report: ScoreReport) -> score_pb2.ScoreSetsResponse:
     return out
 
 
-def _violation(e: SetError | ScoreOptionError) -> FieldViolation:
-    return FieldViolation(e.field, str(e).removeprefix(f"{e.field}: "))
-
-
 def _finite(v: float) -> float:
     return v if math.isfinite(v) else 0.0
 
@@ -190,8 +186,8 @@ class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
             backbone_for(self.repository, None, self.backend)
             measurer_from_backend(self.backend)
             return True
-        except (UnknownBackboneError, ModelNotFoundError, OSError, ValueError) as e:
-            log.warning("score models not loaded", extra={"error": str(e)})
+        except Exception as e:  # missing or unloadable (corrupt ONNX): the server starts regardless
+            log.warning("score models not loaded", extra={"error": f"{type(e).__name__}: {e}"})
             return False
 
     # --- one run ------------------------------------------------------------------------------------
@@ -202,7 +198,7 @@ class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
             try:
                 check()
             except ScoreOptionError as e:
-                bad.append(_violation(e))
+                bad.append(violation(e))
         name = req.feature_backbone
         if name and name not in available_backbones(self.repository):
             offered = available_backbones(self.repository)
@@ -231,7 +227,7 @@ class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
                     on_image=lambda n: progress(f"read: {role}", n, 0),
                 )
             except SetError as e:
-                raise ScoreRequestError.invalid([_violation(e)]) from None
+                raise ScoreRequestError.invalid([violation(e)]) from None
             out.source = s.uri
         SCORED_IMAGES.labels(role).inc(len(out))
         return out
@@ -258,6 +254,12 @@ class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
                     raise ScoreRequestError(
                         grpc.StatusCode.FAILED_PRECONDITION, f"a default scoring model is not deployed: {e}"
                     ) from None
+                except Exception as e:  # deployed but unloadable (a corrupt model.onnx or MANIFEST.json)
+                    log.error("scoring models cannot be loaded", exc_info=e)
+                    raise ScoreRequestError(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        "a scoring model is deployed but cannot be loaded (the server log has the details)",
+                    ) from None
                 reference = self._read("reference", req.reference, progress)
                 candidate = self._read("candidate", req.candidate, progress)
                 try:
@@ -271,7 +273,7 @@ class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
                         cancelled=cancelled,
                     )
                 except ScoreOptionError as e:
-                    raise ScoreRequestError.invalid([_violation(e)]) from None
+                    raise ScoreRequestError.invalid([violation(e)]) from None
                 return _to_proto(report)
         finally:
             self._slots.release()

@@ -57,6 +57,7 @@ class AugmentConfig:
     data_seed: int = 0
     na_range: tuple[float, float] = (70.0, 130.0)
     threads: int = 0
+    device: str = "cpu"  # "cuda" for the full configuration on a GPU
     repo: str = "model_repository"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -156,6 +157,23 @@ def _done(path: Path) -> dict[tuple[str, int, str], dict[str, Any]]:
     return rows
 
 
+# What a run's numbers depend on: a folder's runs are only reused under the same values. Backbones,
+# seeds and samplers may grow between reruns; threads, device and the command line do not matter.
+RESULT_FIELDS = ("real", "synthetic", "test", "head", "steps", "batch_size", "data_seed", "na_range", "repo")
+
+
+def _check_resumable(out: Path, config: AugmentConfig) -> None:
+    path = out / "config.json"
+    if not path.exists():
+        return
+    old, new = json.loads(path.read_text()), json.loads(json.dumps(asdict(config)))
+    changed = [k for k in RESULT_FIELDS if old.get(k) != new.get(k)]
+    if changed:
+        raise ValueError(
+            f"{out} holds runs made with other {', '.join(changed)}; use another --out folder to start afresh"
+        )
+
+
 def run(
     config: AugmentConfig,
     out: str | Path,
@@ -166,6 +184,7 @@ def run(
     """Run (or resume) the experiment into ``out``; returns the summary written to ``augment.json``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _check_resumable(out, config)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
     located = measurer_from_backend(OrtBackend(config.repo))
     real = render_set(config.real, config.data_seed, progress=progress)
@@ -203,6 +222,7 @@ def run(
             batch_size=config.batch_size,
             seed=seed,
             threads=config.threads,
+            device=config.device,
             input_size=located.config.crop_size,
             crop_span=located.config.crop_span,
         )

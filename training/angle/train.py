@@ -45,6 +45,7 @@ class TrainConfig:
     max_seconds: float | None = None
     threads: int = 0  # 0: torch's default
     init: str | None = None  # a checkpoint (.pt) of this same architecture to continue from
+    device: str = "cpu"  # where to train ("cuda" on a GPU); the trained net comes back on the CPU
 
     def __post_init__(self) -> None:
         if self.task not in ("locator", "keypoints"):
@@ -117,8 +118,8 @@ def _gaussians(coords: torch.Tensor, h: int, w: int, size: int, sigma: float = 1
     """Normalised Gaussians (N, K, h, w) at ``coords`` (input pixels), sigma in heatmap cells."""
     gx = ((coords[..., 0] + 0.5) * (w / size) - 0.5)[..., None]
     gy = ((coords[..., 1] + 0.5) * (h / size) - 0.5)[..., None]
-    xs = torch.arange(w, dtype=coords.dtype)
-    ys = torch.arange(h, dtype=coords.dtype)
+    xs = torch.arange(w, dtype=coords.dtype, device=coords.device)
+    ys = torch.arange(h, dtype=coords.dtype, device=coords.device)
     g = torch.exp(-((ys - gy) ** 2))[..., :, None] ** (0.5 / sigma**2) * torch.exp(-((xs - gx) ** 2))[
         ..., None, :
     ] ** (0.5 / sigma**2)
@@ -165,6 +166,7 @@ def train(config: TrainConfig, data: HipSet, *, progress: bool = True) -> TrainR
         net.load_state_dict(
             torch.load(Path(config.init).with_suffix(".pt"), map_location="cpu", weights_only=True)
         )
+    net.to(config.device)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     warm = max(1, config.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -180,7 +182,7 @@ def train(config: TrainConfig, data: HipSet, *, progress: bool = True) -> TrainR
     bar = tqdm(range(config.steps), desc=f"train {config.task} {config.backbone}", disable=not progress)
     step = 0
     for step in bar:
-        batch = make_batch(config, data, rng)
+        batch = {k: v.to(config.device) for k, v in make_batch(config, data, rng).items()}
         parts = loss_fn(config, net(batch["image"]), batch)
         opt.zero_grad(set_to_none=True)
         parts["total"].backward()
@@ -197,7 +199,7 @@ def train(config: TrainConfig, data: HipSet, *, progress: bool = True) -> TrainR
             bar.set_postfix(loss=f"{float(parts['total']):.4f}", err_px=f"{err_px:.2f}")
         if config.max_seconds is not None and time.perf_counter() - t0 > config.max_seconds:
             break
-    net.eval()
+    net.eval().cpu()
     return TrainResult(net, config, step + 1, time.perf_counter() - t0, history)
 
 
