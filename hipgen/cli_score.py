@@ -97,30 +97,26 @@ def views(
     from hipgen.data.record import LabelRecord
     from hipgen.data.views import pelvis_view
     from hipgen.generate.label import measure_each
-    from hipgen.score.sets import read_folder
+    from hipgen.score.sets import iter_folder
 
     if not data.is_dir():
         raise _fail(f"{data}: no such folder")
     with _user_errors():
-        src = read_folder(data, limit=1_000_000, field_name="--data")
-        missing = [i for i, r in enumerate(src.records) if r is None]
-        found = {}
-        if missing:
-            measurer = _angle_measurer(repo, DEFAULT_ANGLE_MODEL)
-            found = dict(zip(missing, measure_each(measurer, [src.images[i] for i in missing]), strict=True))
+        measurer = None
         written, unmeasured = 0, []
         with open_writer("imagefolder", out, provenance={"views_of": str(data), "size": size}) as writer:
-            for i, (name, pixels, record) in enumerate(zip(src.names, src.images, src.records, strict=True)):
+            for name, pixels, record in iter_folder(data, field_name="--data"):
                 if record is not None:
                     kp = record.keypoints()
-                elif found.get(i) is not None:
-                    kp = found[i].keypoints
-                else:
-                    unmeasured.append(name)
-                    continue
+                else:  # unlabelled: where the default angle model finds the heads
+                    measurer = measurer or _angle_measurer(repo, DEFAULT_ANGLE_MODEL)
+                    (found,) = measure_each(measurer, [pixels])
+                    if found is None:
+                        unmeasured.append(name)
+                        continue
+                    kp = found.keypoints
                 view, vkp = pelvis_view(pixels, kp, size=size)
-                stem = Path(name).with_suffix(".png").as_posix()
-                rec = LabelRecord.from_keypoints(stem, vkp)
+                rec = LabelRecord.from_keypoints(Path(name).with_suffix(".png").as_posix(), vkp)
                 if record is not None:  # keep provenance (a synthetic image stays marked synthetic)
                     rec = replace(
                         rec,
@@ -131,6 +127,8 @@ def views(
                     )
                 writer.add(rec, view)
                 written += 1
+        if not written:
+            raise ValueError(f"{data}: no image could be cut ({len(unmeasured)} without measurable hips)")
     note = f"; {len(unmeasured)} unmeasurable image(s) skipped" if unmeasured else ""
     console.print(f"wrote {written} {size}×{size} pelvis views to {out}{note}")
 
@@ -142,6 +140,10 @@ def report(
         str, typer.Option(help="set to score: folder, file:// or s3:// (usually generated)")
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder for report.html and report.json")],
+    training: Annotated[
+        str | None,
+        typer.Option(help="the generator's training images, for the memorisation check (default: --real)"),
+    ] = None,
     backbone: Annotated[str | None, typer.Option(help="feature backbone (default: angle_locator)")] = None,
     metrics: Annotated[str, typer.Option(help="comma-separated metric names (default: all)")] = "",
     image_size: Annotated[int, typer.Option(min=0, help="side for SSIM/MS-SSIM, pixels (0: 256)")] = 0,
@@ -185,6 +187,7 @@ def report(
             task = bar.add_task("read sets", total=None)
             ref = load_set(real, limit=limit, field_name="--real")
             cand = load_set(synthetic, limit=limit, field_name="--synthetic")
+            train = load_set(training, limit=limit, field_name="--training") if training else None
             stages: dict[str, int] = {}
 
             def progress(stage: str, done: int, total: int) -> None:
@@ -194,9 +197,11 @@ def report(
 
             bar.update(task, total=1, completed=1)
             result = score_sets(
-                ref, cand, options, backbone=features, measurer=measurer, on_progress=progress
+                ref, cand, options, backbone=features, measurer=measurer, training=train, on_progress=progress
             )
-        html_path, json_path = write_report(result, ref, cand, out, command=command, title=title)
+        html_path, json_path = write_report(
+            result, ref, cand, out, command=command, title=title, training=train
+        )
     for m in result.metrics:
         base = f" (noise {m.noise_baseline:.4g})" if m.noise_baseline is not None else ""
         console.print(f"{m.name:>18}: {m.value:.4g}{base}", highlight=False)

@@ -59,3 +59,11 @@ def test_angle_fidelity_reports_rmse_per_side() -> None:
     rep = angle_fidelity(req, mea)
     assert rep["left"].rmse == pytest.approx(3.0) and rep["left"].bias == pytest.approx(3.0)
     assert rep["right"].rmse == pytest.approx(np.sqrt(32 / 3))
+
+
+def test_angle_fidelity_skips_images_without_a_request_or_a_measurement() -> None:
+    req = np.array([[80.0, 100.0], [np.nan, np.nan], [100.0, 120.0], [90.0, 95.0]])
+    mea = np.array([[82.0, 101.0], [90.0, 90.0], [np.nan, np.nan], [93.0, 96.0]])
+    rep = angle_fidelity(req, mea)
+    assert rep["left"].n == 2 and rep["left"].mae == pytest.approx(2.5)
+    assert rep["both"].n == 4 and np.isfinite(rep["both"].rmse)

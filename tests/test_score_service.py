@@ -95,7 +95,7 @@ def test_stream_score_sets_sends_progress_then_the_result(
     req = score_pb2.StreamScoreSetsRequest(request=_request(score_folders, metrics=["fid", "ssim"]))
     events = list(stub.StreamScoreSets(req, timeout=300))
     stages = [e.progress.stage for e in events if e.WhichOneof("event") == "progress"]
-    assert "features: candidate" in stages and "structural" in stages
+    assert "features: candidate" in stages and "structural: paired" in stages
     assert events[-1].WhichOneof("event") == "result"
     assert [m.name for m in events[-1].result.metrics] == ["fid", "ssim"]
     assert all(e.WhichOneof("event") == "progress" for e in events[:-1])
@@ -175,30 +175,94 @@ def test_bad_requests_name_every_bad_field(
     assert "required" in v["reference"] and "no such folder" in v["candidate.uri"]
 
 
-def test_a_full_server_answers_resource_exhausted(angle_repo: Path, score_folders: dict[str, Path]) -> None:
-    """One slot: while a streamed run holds it, a second call is refused at once, and cancelling the
-    stream frees the slot."""
-    with serving_channel(_settings(angle_repo, score_folders["real"].parent, score_max_concurrent=1)) as ch:
-        stub = score_pb2_grpc.ScoreServiceStub(ch)
-        stream = stub.StreamScoreSets(
-            score_pb2.StreamScoreSetsRequest(request=_request(score_folders)), timeout=300
-        )
-        first = next(stream)  # the run holds the slot once it reports progress
-        assert first.WhichOneof("event") == "progress"
+def test_a_full_server_refuses_and_a_cancelled_run_stops(
+    angle_repo: Path, score_folders: dict[str, Path]
+) -> None:
+    """One slot, held by a streamed run whose backbone waits on a gate: a second call is refused with
+    RESOURCE_EXHAUSTED; cancelling the stream stops the run at its next batch (counted) and frees the
+    slot."""
+    from hipgen.inference.backend import OrtBackend
+    from services.score import ScoreServicer
+    from services.score.servicer import SCORE_CANCELLED
+    from services.server import build_server
+
+    gate, entered = threading.Event(), threading.Event()
+
+    class GatedServicer(ScoreServicer):
+        def _models(self, backbone: str | None) -> tuple[Any, Any]:
+            features, measurer = super()._models(backbone)
+
+            class Gated:
+                name = features.name
+
+                def __call__(self, images: Any) -> Any:
+                    entered.set()
+                    gate.wait(timeout=60)
+                    return features(images)
+
+            return Gated(), measurer
+
+    settings = _settings(angle_repo, score_folders["real"].parent, score_max_concurrent=1)
+    name = "hipgen.v1.ScoreService"
+    servicer = GatedServicer(OrtBackend(angle_repo), settings)
+    server, port = build_server(settings, services=[name], servicers={name: servicer})
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = score_pb2_grpc.ScoreServiceStub(ch)
+            stream = stub.StreamScoreSets(
+                score_pb2.StreamScoreSetsRequest(request=_request(score_folders)), timeout=120
+            )
+            assert entered.wait(timeout=60)  # the run holds the slot, inside its first feature batch
+            with pytest.raises(grpc.RpcError) as e:
+                stub.ScoreSets(_request(score_folders, metrics=["fid"]), timeout=60)
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            before = SCORE_CANCELLED._value.get()
+            stream.cancel()
+            threading.Event().wait(0.5)  # the server notices the cancel …
+            gate.set()  # … and the worker, released, stops at its next check
+            for _ in range(100):
+                if SCORE_CANCELLED._value.get() > before:
+                    break
+                threading.Event().wait(0.1)
+            assert SCORE_CANCELLED._value.get() == before + 1
+            res = stub.ScoreSets(_request(score_folders, metrics=["ssim"]), timeout=60)  # the slot is free
+            assert [m.name for m in res.metrics] == ["ssim"]
+    finally:
+        gate.set()
+        server.stop(None).wait()
+
+
+def test_paths_that_leave_the_data_root_are_refused(
+    channel: Any, score_folders: dict[str, Path], tmp_path: Path
+) -> None:
+    root = score_folders["real"].parent
+    trap = root / "escape"
+    trap.mkdir(exist_ok=True)
+    secret = tmp_path / "outside.png"
+    secret.write_bytes(b"\x89PNG not really")
+    link = trap / "linked.png"
+    if not link.exists():
+        link.symlink_to(secret)
+    stub = score_pb2_grpc.ScoreServiceStub(channel)
+    for uri, why in (
+        ("escape", "links outside"),
+        ("../", "outside the server's data root"),
+        ("real/../..", "outside"),
+    ):
+        req = _request(score_folders, metrics=["fid"])
+        req.candidate.uri = uri
         with pytest.raises(grpc.RpcError) as e:
-            stub.ScoreSets(_request(score_folders, metrics=["fid"]), timeout=60)
-        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        stream.cancel()
-        done = threading.Event()
-        for _ in range(100):  # the cancelled run stops between batches and releases its slot
-            try:
-                stub.ScoreSets(_request(score_folders, metrics=["ssim"]), timeout=60)
-                done.set()
-                break
-            except grpc.RpcError as err:
-                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                threading.Event().wait(0.2)
-        assert done.is_set()
+            stub.ScoreSets(req, timeout=60)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert why in _violations(e.value)["candidate.uri"], uri
+
+
+def test_any_uint64_seed_is_accepted(channel: Any, score_folders: dict[str, Path]) -> None:
+    res = score_pb2_grpc.ScoreServiceStub(channel).ScoreSets(
+        _request(score_folders, metrics=["kid"], seed=2**64 - 1), timeout=120
+    )
+    assert res.metrics[0].name == "kid" and res.metrics[0].value == res.metrics[0].value  # not NaN
 
 
 def test_sets_by_s3_uri_from_a_local_s3_server(
@@ -239,9 +303,7 @@ def test_sets_by_s3_uri_from_a_local_s3_server(
 
 def test_missing_models_answer_failed_precondition(score_folders: dict[str, Path], tmp_path: Path) -> None:
     (tmp_path / "empty_repo").mkdir()
-    with serving_channel(_settings(tmp_path / "empty_repo", score_folders["real"].parent)) as ch:
-        with pytest.raises(grpc.RpcError) as e:
-            score_pb2_grpc.ScoreServiceStub(ch).ScoreSets(
-                _request(score_folders, metrics=["ssim"]), timeout=60
-            )
+    settings = _settings(tmp_path / "empty_repo", score_folders["real"].parent)
+    with serving_channel(settings) as ch, pytest.raises(grpc.RpcError) as e:
+        score_pb2_grpc.ScoreServiceStub(ch).ScoreSets(_request(score_folders, metrics=["ssim"]), timeout=60)
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "not deployed" in e.value.details()

@@ -42,7 +42,13 @@ class FeatureWrapper(nn.Module):
 def feature_model(arch: str, weights: str | Path | None) -> nn.Module:
     """torchvision ``arch`` with ``weights`` (a local state dict of the full classifier; None = random,
     for tests only) and its last classification layer replaced by identity."""
-    kwargs = {"aux_logits": False, "init_weights": False} if arch == "inception_v3" else {}
+    # torchvision's Inception-v3 weights expect transform_input (it re-normalises ImageNet-normalised
+    # input to the original [-1, 1] range); get_model turns it on only when it loads weights itself.
+    kwargs = (
+        {"aux_logits": False, "init_weights": False, "transform_input": weights is not None}
+        if arch == "inception_v3"
+        else {}
+    )
     try:
         model = torchvision.models.get_model(arch, weights=None, **kwargs)
     except ValueError as e:
@@ -53,7 +59,9 @@ def feature_model(arch: str, weights: str | Path | None) -> nn.Module:
             state = state["state_dict"]
         state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
         model.load_state_dict(state)
-    if hasattr(model, "fc"):
+    if arch.startswith("squeezenet"):  # its classifier is a 1×1 conv + global pooling: keep the pooling
+        model.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1))
+    elif hasattr(model, "fc"):
         model.fc = nn.Identity()
     elif hasattr(model, "classifier"):
         cls = model.classifier

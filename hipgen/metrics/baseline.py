@@ -10,10 +10,20 @@ import numpy as np
 LOWER_IS_BETTER = frozenset({"fid", "kid", "mmd"})
 
 
-def noise_images(count: int, shape: tuple[int, int], seed: int = 0) -> np.ndarray:
-    """(count, H, W) float32 uniform noise in [0, 1], quantised to 8 bits like every scored image."""
-    rng = np.random.default_rng(seed)
-    return (rng.integers(0, 256, size=(count, *shape)).astype(np.float32)) / 255.0
+def noise_image(index: int, shape: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """Noise image ``index`` of the baseline set ``seed``: (H, W) float32 uniform in [0, 1], quantised to
+    8 bits like every scored image. Each is drawn on its own, so a set is made a batch at a time."""
+    rng = np.random.default_rng([seed, index])
+    return rng.integers(0, 256, size=shape, dtype=np.uint8).astype(np.float32) / 255.0
+
+
+def noise_images(count: int, shape: tuple[int, int], seed: int = 0, start: int = 0) -> np.ndarray:
+    """(count, H, W): noise images ``start … start + count − 1`` of the baseline set ``seed``."""
+    return (
+        np.stack([noise_image(start + i, shape, seed) for i in range(count)])
+        if count
+        else np.zeros((0, *shape))
+    )
 
 
 def improvement_factor(metric: str, value: float, noise_value: float) -> float:
@@ -25,4 +35,4 @@ def improvement_factor(metric: str, value: float, noise_value: float) -> float:
     return float(num / den)
 
 
-__all__ = ["LOWER_IS_BETTER", "improvement_factor", "noise_images"]
+__all__ = ["LOWER_IS_BETTER", "improvement_factor", "noise_image", "noise_images"]

@@ -9,6 +9,7 @@ Conventions follow torch-fidelity: ``real`` is the reference set, ``fake`` the s
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -73,7 +74,7 @@ def kid(
     same seed gives torch-fidelity's number."""
     fake, real = _pair(fake, real)
     size = min(subset_size, len(real), len(fake))
-    rng = np.random.RandomState(seed)
+    rng = np.random.RandomState(seed % 2**32)  # torch-fidelity's generator; it takes 32-bit seeds
     values = np.empty(subsets)
     for i in range(subsets):
         f = fake[rng.choice(len(fake), size, replace=False)]
@@ -89,11 +90,18 @@ def squared_distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.maximum(d, 0.0)
 
 
-def median_bandwidth(real: np.ndarray, fake: np.ndarray) -> float:
+CHUNK = 1024  # rows of a kernel or distance matrix held at once: memory O(CHUNK × N), never N²
+BANDWIDTH_SAMPLE = 1000  # points the median heuristic looks at (the median of ~500k distances)
+
+
+def median_bandwidth(real: np.ndarray, fake: np.ndarray, seed: int = 0) -> float:
     """The median heuristic (Gretton et al. 2012): σ = median Euclidean distance between distinct points
-    of the pooled sample. Scale-free, so MMDs on different backbones need no hand-tuned σ; with it the
-    kernel is k(x, y) = exp(−‖x − y‖² / (2σ²))."""
+    of the pooled sample (of a seeded subsample of ``BANDWIDTH_SAMPLE`` points when larger). Scale-free,
+    so MMDs on different backbones need no hand-tuned σ; with it the kernel is
+    k(x, y) = exp(−‖x − y‖² / (2σ²))."""
     pooled = np.concatenate([real, fake])
+    if len(pooled) > BANDWIDTH_SAMPLE:
+        pooled = pooled[np.random.default_rng(seed).choice(len(pooled), BANDWIDTH_SAMPLE, replace=False)]
     d = squared_distances(pooled, pooled)[np.triu_indices(len(pooled), k=1)]
     sigma = float(np.sqrt(np.median(d)))
     return sigma if sigma > 0 else 1.0
@@ -116,15 +124,35 @@ def mmd_rbf(real: np.ndarray, fake: np.ndarray, *, sigma: float | None = None) -
     if not (np.isfinite(s) and s > 0):
         raise ValueError(f"sigma must be a positive number, got {sigma}")
     k = lambda x, y: np.exp(-squared_distances(x, y) / (2.0 * s * s))  # noqa: E731
-    return MmdResult(mmd2_unbiased(k(fake, fake), k(fake, real), k(real, real)), s)
+    m, n = len(fake), len(real)
+    ff, ff_diag = _kernel_sum(fake, fake, k, same=True)
+    rr, rr_diag = _kernel_sum(real, real, k, same=True)
+    fr, _ = _kernel_sum(fake, real, k, same=False)
+    value = (ff - ff_diag) / (m * (m - 1)) + (rr - rr_diag) / (n * (n - 1)) - 2.0 * fr / (m * n)
+    return MmdResult(float(value), s)
+
+
+def _kernel_sum(x: np.ndarray, y: np.ndarray, k: Any, *, same: bool) -> tuple[float, float]:
+    """Sum of the kernel matrix k(x, y) and of its diagonal (when ``same``), a block of rows at a time."""
+    total = diag = 0.0
+    for a in range(0, len(x), CHUNK):
+        block = k(x[a : a + CHUNK], y)
+        total += float(block.sum())
+        if same:
+            r = np.arange(len(block))
+            diag += float(block[r, a + r].sum())
+    return total, diag
 
 
 def kth_neighbour_radii(x: np.ndarray, k: int) -> np.ndarray:
     """Distance from each point of ``x`` to its k-th nearest *other* point of ``x``."""
     if not 1 <= k < len(x):
         raise ValueError(f"k-NN manifold needs 1 ≤ k < set size, got k={k} for {len(x)} points")
-    d = np.sqrt(squared_distances(x, x))
-    return np.sort(d, axis=1)[:, k]  # column 0 is the point itself
+    out = np.empty(len(x))
+    for a in range(0, len(x), CHUNK):
+        d = np.sqrt(squared_distances(x[a : a + CHUNK], x))
+        out[a : a + CHUNK] = np.partition(d, k, axis=1)[:, k]  # the k+1-th smallest: the point itself is 0
+    return out
 
 
 @dataclass(frozen=True)
@@ -142,11 +170,20 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, *, k: int = 3) -> Preci
     balls reaching every point's k-th nearest neighbour; precision is the fraction of ``fake`` inside
     the real manifold (realism), recall the fraction of ``real`` inside the fake one (coverage)."""
     real, fake = _pair(real, fake, minimum=k + 1)
-    d = np.sqrt(squared_distances(fake, real))  # (F, R)
-    precision = float((d <= kth_neighbour_radii(real, k)[None, :]).any(axis=1).mean())
-    inside_fake = kth_neighbour_radii(fake, k)[None, :] >= d.T  # (R, F)
-    recall = float(inside_fake.any(axis=1).mean())
-    return PrecisionRecall(precision, recall, k)
+    return PrecisionRecall(
+        _inside(fake, real, kth_neighbour_radii(real, k)),
+        _inside(real, fake, kth_neighbour_radii(fake, k)),
+        k,
+    )
+
+
+def _inside(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> float:
+    """Fraction of ``points`` within ``radii[j]`` of some ``centres[j]``."""
+    hit = np.zeros(len(points), bool)
+    for a in range(0, len(points), CHUNK):
+        d = np.sqrt(squared_distances(points[a : a + CHUNK], centres))
+        hit[a : a + CHUNK] = (radii[None, :] >= d).any(axis=1)
+    return float(hit.mean())
 
 
 __all__ = [

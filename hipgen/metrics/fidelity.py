@@ -38,7 +38,7 @@ def fidelity_grid(values: tuple[float, ...] = DEFAULT_GRID) -> np.ndarray:
 
 def _report(requested: np.ndarray, measured: np.ndarray) -> FidelityReport:
     req, mea = np.asarray(requested, np.float64).ravel(), np.asarray(measured, np.float64).ravel()
-    ok = np.isfinite(mea)
+    ok = np.isfinite(mea) & np.isfinite(req)  # an image without a request or a measurement has no error
     req, mea = req[ok], mea[ok]
     err = mea - req
     ss_tot = float(((req - req.mean()) ** 2).sum()) if len(req) else 0.0

@@ -151,19 +151,31 @@ def paired_similarity(
     return _summary(np.concatenate([fn(x[i : i + batch], y[i : i + batch]) for i in range(0, len(x), batch)]))
 
 
+def pair_indices(n: int, pairs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``pairs`` distinct unordered pairs (i < j) of ``n`` images, drawn without replacement (all pairs
+    when there are fewer); the same seed gives the same pairs."""
+    if n < 2:
+        raise ValueError(f"diversity needs at least 2 images, got {n}")
+    total = n * (n - 1) // 2
+    if total <= pairs:
+        return np.triu_indices(n, k=1)
+    rng = np.random.default_rng(seed)
+    chosen: set[tuple[int, int]] = set()
+    while len(chosen) < pairs:  # rejection sampling: never builds the n² list of pairs
+        a, b = rng.integers(n, size=2)
+        if a != b:
+            chosen.add((int(min(a, b)), int(max(a, b))))
+    i, j = np.array(sorted(chosen)).T
+    return i, j
+
+
 def diversity(
     x: np.ndarray, *, pairs: int = 200, seed: int = 0, multiscale: bool = False, batch: int = 16
 ) -> Similarity:
     """Intra-set similarity: mean (M)S-SSIM over ``pairs`` random pairs of distinct images of ``x``
     (every pair when there are fewer). Lower means a more diverse set."""
     x = _as_batch(x)
-    n = len(x)
-    if n < 2:
-        raise ValueError(f"diversity needs at least 2 images, got {n}")
-    i, j = np.triu_indices(n, k=1)
-    if len(i) > pairs:
-        pick = np.random.default_rng(seed).choice(len(i), pairs, replace=False)
-        i, j = i[pick], j[pick]
+    i, j = pair_indices(len(x), pairs, seed)
     fn = ms_ssim if multiscale else ssim
     vals = [fn(x[i[s : s + batch]], x[j[s : s + batch]]) for s in range(0, len(i), batch)]
     return _summary(np.concatenate(vals))
@@ -177,5 +189,6 @@ __all__ = [
     "ms_ssim",
     "ms_ssim_min_side",
     "paired_similarity",
+    "pair_indices",
     "ssim",
 ]

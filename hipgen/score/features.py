@@ -72,7 +72,11 @@ def available_backbones(repository: str | Path) -> list[str]:
     root = Path(repository)
     names = [DEFAULT_BACKBONE] if (root / LOCATOR / MANIFEST).is_file() else []
     for d in sorted(p for p in root.glob("*") if p.is_dir() and not p.name.startswith(".")):
-        if read_manifest(root, d.name).get("task") == FEATURES_TASK:
+        try:
+            task = read_manifest(root, d.name).get("task")
+        except (OSError, ValueError, AttributeError):  # an unreadable MANIFEST.json: not offered
+            continue
+        if task == FEATURES_TASK:
             names.append(d.name)
     return names
 

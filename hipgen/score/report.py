@@ -158,7 +158,7 @@ def _grid(sets: list[tuple[str, list[np.ndarray]]], per_row: int = 8) -> str:
     return _png(fig)
 
 
-def _nn_pairs(report: ScoreReport, reference: ImageSet, candidate: ImageSet, count: int = 6) -> str | None:
+def _nn_pairs(report: ScoreReport, training: ImageSet, candidate: ImageSet, count: int = 6) -> str | None:
     mem = report.memorisation
     if mem is None or not len(mem.score):
         return None
@@ -170,8 +170,8 @@ def _nn_pairs(report: ScoreReport, reference: ImageSet, candidate: ImageSet, cou
         axes[0][c].imshow(candidate.images[i], cmap="gray", vmin=0, vmax=1)
         flag = " ⚑ copy?" if mem.score[i] < mem.threshold else ""
         axes[0][c].set_title(f"synthetic {i}\nscore {mem.score[i]:.2f}{flag}", fontsize=8)
-        axes[1][c].imshow(reference.images[j], cmap="gray", vmin=0, vmax=1)
-        axes[1][c].set_title(f"nearest real {j}", fontsize=8)
+        axes[1][c].imshow(training.images[j], cmap="gray", vmin=0, vmax=1)
+        axes[1][c].set_title(f"nearest: {training.names[j]}"[:28], fontsize=7)
         for r in (0, 1):
             axes[r][c].axis("off")
     fig.suptitle("Closest synthetic–training pairs (feature distance ÷ typical training gap)", fontsize=10)
@@ -217,6 +217,7 @@ def render_html(
     *,
     title: str = "hipgen score report",
     command: str = "",
+    training: ImageSet | None = None,
 ) -> str:
     parts = [
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
@@ -307,11 +308,26 @@ def render_html(
             f"{mem.threshold:g}× the typical gap between two training images "
             "(flagged as possible copies).</p>"
         )
-        pairs = _nn_pairs(report, reference, candidate)
+        against = training or reference
+        parts.append(f"<p class='meta'>searched: {html.escape(against.source)} ({len(against)} images)</p>")
+        pairs = _nn_pairs(report, against, candidate)
         if pairs:
             parts.append(_img(pairs, "nearest-neighbour pairs"))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _json_safe(v: Any) -> Any:
+    """NaN/inf → null (strict JSON has neither), numpy scalars → Python numbers."""
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_json_safe(x) for x in v]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    return v
 
 
 def write_report(
@@ -322,6 +338,7 @@ def write_report(
     *,
     command: str = "",
     title: str = "hipgen score report",
+    training: ImageSet | None = None,
 ) -> tuple[Path, Path]:
     """``out/report.html`` and ``out/report.json`` (written whole, then renamed)."""
     out = Path(out)
@@ -337,8 +354,11 @@ def write_report(
         data["per_class"] = per_class(report.requested, report.measured)
     paths = []
     for name, text in (
-        ("report.json", json.dumps(data, indent=2, default=float)),
-        ("report.html", render_html(report, reference, candidate, title=title, command=command)),
+        ("report.json", json.dumps(_json_safe(data), indent=2)),
+        (
+            "report.html",
+            render_html(report, reference, candidate, title=title, command=command, training=training),
+        ),
     ):
         tmp = out / f".{name}.tmp"
         tmp.write_text(text)

@@ -18,11 +18,11 @@ import numpy as np
 from hipgen.anatomy import DEFAULT_THRESHOLD_DEG
 from hipgen.errors import FieldError
 from hipgen.generate.label import measure_each, measured_angles
-from hipgen.metrics.baseline import improvement_factor, noise_images
+from hipgen.metrics.baseline import improvement_factor, noise_image, noise_images
 from hipgen.metrics.distribution import frechet_distance, kid, mmd_rbf, precision_recall
 from hipgen.metrics.fidelity import FidelityReport, angle_fidelity
 from hipgen.metrics.memorisation import DEFAULT_THRESHOLD, Memorisation, memorisation
-from hipgen.metrics.structural import diversity, ms_ssim_min_side, paired_similarity
+from hipgen.metrics.structural import ms_ssim, ms_ssim_min_side, pair_indices, ssim
 from hipgen.metrics.transfer import TransferScores, gan_train_test
 from hipgen.score.features import FeatureBackbone
 from hipgen.score.sets import ImageSet
@@ -68,7 +68,14 @@ class ScoreOptions:
         size = self.image_size or STRUCTURAL_SIZE
         if not 11 <= size <= 2048:
             raise ScoreOptionError("image_size", f"must be 0 (default) or 11–2048 px, got {size}")
+        if size < ms_ssim_min_side() and any(m.startswith("ms_ssim") for m in self.chosen()):
+            raise ScoreOptionError("image_size", f"MS-SSIM needs ≥ {ms_ssim_min_side()} px, got {size}")
         return size
+
+    def validate(self) -> None:
+        """Raise :class:`ScoreOptionError` for the first bad option, before any image is read."""
+        self.chosen()
+        self.structural_size()
 
 
 @dataclass(frozen=True)
@@ -150,6 +157,27 @@ def image_classes(
     return np.where(np.isfinite(a).all(1), cls, -1)
 
 
+class NoiseSet(Sequence[np.ndarray]):
+    """The noise baseline as a lazy image sequence: images drawn when a batch asks for them."""
+
+    def __init__(self, count: int, shape: tuple[int, int], seed: int) -> None:
+        self.count, self.shape, self.seed = count, shape, seed
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [noise_image(k, self.shape, self.seed) for k in range(*i.indices(self.count))]
+        return noise_image(int(i), self.shape, self.seed)
+
+
+def _median_shape(s: ImageSet) -> tuple[int, int]:
+    pixels = getattr(s.images, "pixels", s.images)  # the 8-bit store when there is one: no conversion
+    h, w = np.median([np.shape(p) for p in pixels], axis=0)
+    return int(h), int(w)
+
+
 class _Run:
     def __init__(self, on_progress: Progress | None, cancelled: Callable[[], bool] | None) -> None:
         self.on_progress, self.cancelled = on_progress, cancelled
@@ -180,7 +208,10 @@ def _feature_metrics(
         base = frechet_distance(ref, noise) if noise is not None else None
         out.append(MetricValue("fid", frechet_distance(ref, cand), 0.0, base, n))
     if "kid" in chosen:
-        args = {"subsets": opt.kid_subsets, "subset_size": opt.kid_subset_size, "seed": opt.seed}
+        # subsets of at most half the smaller set: subsets as large as a whole set would all be that set,
+        # and their spread (the standard error) would say nothing. The estimator is unbiased at any size.
+        size = min(opt.kid_subset_size, max(2, min(len(ref), len(cand)) // 2))
+        args = {"subsets": opt.kid_subsets, "subset_size": size, "seed": opt.seed}
         k = kid(ref, cand, **args)
         base = kid(ref, noise, **args).value if noise is not None else None
         out.append(MetricValue("kid", k.value, k.standard_error, base, k.subset_size))
@@ -201,38 +232,56 @@ def _feature_metrics(
 def _structural_metrics(
     chosen: tuple[str, ...], ref: ImageSet, cand: ImageSet, opt: ScoreOptions, run: _Run
 ) -> list[MetricValue]:
+    """Paired (M)S-SSIM over the first min(N_ref, N_cand) images and diversity over random candidate
+    pairs, images resized a batch at a time (never the whole set at 256² in float64)."""
     size = opt.structural_size()
+    paired = [m for m in ("ssim", "ms_ssim") if m in chosen]
+    diverse = [m for m in ("ssim_diversity", "ms_ssim_diversity") if m in chosen]
     out: list[MetricValue] = []
-    want = [m for m in STRUCTURAL_METRICS if m in chosen]
-    if not want:
-        return out
-    if size < ms_ssim_min_side() and any(m.startswith("ms_ssim") for m in want):
-        raise ScoreOptionError("image_size", f"MS-SSIM needs ≥ {ms_ssim_min_side()} px, got {size}")
-    run.step("structural", 0, len(want))
+    fns = {"ssim": ssim, "ms_ssim": ms_ssim}
     n = min(len(ref), len(cand))
-    r = resized(ref.images[:n], size)
-    c = resized(cand.images[:n], size)
-    noise = noise_images(n, (size, size), opt.seed).astype(np.float64) if opt.noise_baseline else None
-    for k, name in enumerate(want):
-        ms = name.startswith("ms_ssim")
-        if name.endswith("diversity"):
-            d = diversity(c, pairs=opt.diversity_pairs, seed=opt.seed, multiscale=ms) if n >= 2 else None
-            if d is None:
-                continue
-            base = (
-                diversity(noise, pairs=opt.diversity_pairs, seed=opt.seed, multiscale=ms)
-                if noise is not None
-                else None
-            )
-            # lower is more diverse: the noise baseline is the most diverse possible set
-            out.append(
-                MetricValue(name, d.mean, d.std / math.sqrt(d.pairs), base.mean if base else None, d.pairs)
-            )
-        else:
-            p = paired_similarity(r, c, multiscale=ms)
-            base = paired_similarity(r, noise, multiscale=ms).mean if noise is not None else None
-            out.append(MetricValue(name, p.mean, p.std / math.sqrt(p.pairs), base, p.pairs))
-        run.step("structural", k + 1, len(want))
+    if paired:
+        vals: dict[str, list[np.ndarray]] = {m: [] for m in paired}
+        base: dict[str, list[np.ndarray]] = {m: [] for m in paired}
+        run.step("structural: paired", 0, n)
+        for i in range(0, n, opt.batch):
+            end = min(i + opt.batch, n)
+            r, c = resized(ref.images[i:end], size), resized(cand.images[i:end], size)
+            z = noise_images(len(r), (size, size), opt.seed, start=i) if opt.noise_baseline else None
+            for m in paired:
+                vals[m].append(fns[m](r, c))
+                if z is not None:
+                    base[m].append(fns[m](r, z))
+            run.step("structural: paired", min(i + opt.batch, n), n)
+        for m in paired:
+            v = np.concatenate(vals[m])
+            b = float(np.concatenate(base[m]).mean()) if base[m] else None
+            out.append(MetricValue(m, float(v.mean()), float(v.std() / math.sqrt(len(v))), b, len(v)))
+    if diverse and len(cand) >= 2:
+        i_idx, j_idx = pair_indices(len(cand), opt.diversity_pairs, opt.seed)
+        cache: dict[int, np.ndarray] = {}
+
+        def view(k: int) -> np.ndarray:
+            if k not in cache:
+                cache[k] = resized([cand.images[k]], size)[0].astype(np.float32)
+            return cache[k]
+
+        run.step("structural: diversity", 0, len(i_idx))
+        for m in diverse:
+            fn = fns[m.removesuffix("_diversity")]
+            vals_d, base_d = [], []
+            for s0 in range(0, len(i_idx), opt.batch):
+                a, b = i_idx[s0 : s0 + opt.batch], j_idx[s0 : s0 + opt.batch]
+                vals_d.append(fn(np.stack([view(k) for k in a]), np.stack([view(k) for k in b])))
+                if opt.noise_baseline:
+                    za = np.stack([noise_image(int(k), (size, size), opt.seed) for k in a])
+                    zb = np.stack([noise_image(int(k), (size, size), opt.seed) for k in b])
+                    base_d.append(fn(za, zb))
+                run.step("structural: diversity", min(s0 + opt.batch, len(i_idx)), len(i_idx))
+            v = np.concatenate(vals_d)
+            # lower is more diverse; noise is the most diverse set possible: a floor, not a target
+            bval = float(np.concatenate(base_d).mean()) if base_d else None
+            out.append(MetricValue(m, float(v.mean()), float(v.std() / math.sqrt(len(v))), bval, len(v)))
     return out
 
 
@@ -243,13 +292,15 @@ def score_sets(
     *,
     backbone: FeatureBackbone,
     measurer: Any = None,
+    training: ImageSet | None = None,
     on_progress: Progress | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> ScoreReport:
     """Score ``candidate`` against ``reference``. ``measurer`` (an AngleMeasurer) is needed for angle
-    fidelity and for the classes of unlabelled images (GAN-train/test)."""
+    fidelity and for the classes of unlabelled images (GAN-train/test). Memorisation looks for copies of
+    ``training`` (the generator's own training images) when given, else of ``reference``."""
+    options.validate()
     chosen = options.chosen()
-    options.structural_size()
     run = _Run(on_progress, cancelled)
     report = ScoreReport(backbone.name, [], len(reference), len(candidate))
     feat_needed = any(m in chosen for m in (*FEATURE_METRICS, "memorisation", "gan_train", "gan_test"))
@@ -263,8 +314,8 @@ def score_sets(
         ref_f = run.batched("features: reference", backbone, reference.images, options.batch)
         cand_f = run.batched("features: candidate", backbone, candidate.images, options.batch)
         if options.noise_baseline and any(m in chosen for m in FEATURE_METRICS):
-            shape = tuple(int(v) for v in np.median([im.shape for im in candidate.images], axis=0))
-            noise = list(noise_images(len(candidate), shape, options.seed))  # type: ignore[arg-type]
+            shape = _median_shape(candidate)
+            noise = NoiseSet(len(candidate), shape, options.seed)
             noise_f = run.batched("features: noise baseline", backbone, noise, options.batch)
         report.metrics += _feature_metrics(chosen, ref_f, cand_f, noise_f, options)
     report.metrics += _structural_metrics(chosen, reference, candidate, options, run)
@@ -286,7 +337,12 @@ def score_sets(
             report.requested = candidate.requested
             report.fidelity = angle_fidelity(candidate.requested, measured)
     if "memorisation" in chosen and ref_f is not None and cand_f is not None:
-        report.memorisation = memorisation(ref_f, cand_f, threshold=options.memorisation_threshold)
+        train_f = (
+            ref_f
+            if training is None
+            else run.batched("features: training", backbone, training.images, options.batch)
+        )
+        report.memorisation = memorisation(train_f, cand_f, threshold=options.memorisation_threshold)
     if ("gan_train" in chosen or "gan_test" in chosen) and ref_f is not None and cand_f is not None:
         _transfer(report, reference, candidate, ref_f, cand_f, measured, measurer, options, run, chosen)
     return report

@@ -37,9 +37,9 @@ from prometheus_client import Counter, Histogram
 from hipgen.angle.measure import measurer_from_backend
 from hipgen.api.v1 import score_pb2, score_pb2_grpc
 from hipgen.inference.backend import Backend, ModelNotFoundError
-from hipgen.score.features import UnknownBackboneError, available_backbones, backbone_for
+from hipgen.score.features import DEFAULT_BACKBONE, UnknownBackboneError, available_backbones, backbone_for
 from hipgen.score.scoring import Cancelled, ScoreOptionError, ScoreOptions, ScoreReport, score_sets
-from hipgen.score.sets import ImageSet, SetError, load_set
+from hipgen.score.sets import ImageSet, SetError, UnitImages, load_set, resolve_inside
 from hipgen.settings import Settings
 from services.angle.servicer import decode_image
 from services.errors import FieldViolation, RequestError, violation
@@ -53,6 +53,7 @@ SCORE_SECONDS = Histogram(
     buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800),
 )
 SCORED_IMAGES = Counter("hipgen_score_images", "Images read for scoring.", ["role"])
+SCORE_CANCELLED = Counter("hipgen_score_cancelled", "Scoring runs stopped because the call was cancelled.")
 
 
 class ScoreRequestError(RequestError):
@@ -107,18 +108,12 @@ def _uri_violations(field: str, uri: str, root: Path) -> list[FieldViolation]:
         return [] if parsed.netloc else [FieldViolation(field, f"{uri}: no bucket")]
     if parsed.scheme not in ("", "file"):
         return [FieldViolation(field, f"{uri}: only file:// and s3:// URIs are read")]
-    path = Path(parsed.path if parsed.scheme == "file" else uri)
-    base = root.resolve()
-    resolved = (path if path.is_absolute() else base / path).resolve()
-    if not resolved.is_relative_to(base):
-        return [FieldViolation(field, f"{uri}: outside the server's data root")]
-    if not resolved.is_dir():
-        return [FieldViolation(field, f"{uri}: no such folder")]
-    return []
+    where = resolve_inside(uri, root)
+    return [FieldViolation(field, f"{uri}: {where}")] if isinstance(where, str) else []
 
 
 def _inline(role: str, s: score_pb2.InlineImageSet, pixel_cap: int) -> ImageSet:
-    images, names, bad = [], [], []
+    images, names, bad = UnitImages(), [], []
     for i, im in enumerate(s.images):
         try:
             images.append(decode_image(im, pixel_cap).pixels)
@@ -160,17 +155,13 @@ def _to_proto(report: ScoreReport) -> score_pb2.ScoreSetsResponse:
     if report.fidelity:
         for side, msg in (("left", out.angle_fidelity_left), ("right", out.angle_fidelity_right)):
             f = report.fidelity[side]
-            msg.pearson_r = _finite(f.pearson_r)
-            msg.r_squared = _finite(f.r2)
-            msg.mean_absolute_error_deg = _finite(f.mae)
-            msg.rmse_deg = _finite(f.rmse)
-            msg.bias_deg = _finite(f.bias)
+            msg.pearson_r = f.pearson_r  # NaN where undefined (e.g. one requested angle for all images)
+            msg.r_squared = f.r2
+            msg.mean_absolute_error_deg = f.mae
+            msg.rmse_deg = f.rmse
+            msg.bias_deg = f.bias
             msg.count = f.n
     return out
-
-
-def _finite(v: float) -> float:
-    return v if math.isfinite(v) else 0.0
 
 
 class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
@@ -179,12 +170,24 @@ class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
         self.settings = settings
         self.repository = Path(repository or settings.model_repository)
         self._slots = threading.BoundedSemaphore(settings.score_max_concurrent)
+        self._lock = threading.Lock()
+        self._backbones: dict[str, Any] = {}
+        self._measurer: Any = None
+
+    def _models(self, backbone: str | None) -> tuple[Any, Any]:
+        """The named backbone and the angle model, loaded once and kept (both are thread-safe)."""
+        key = backbone or DEFAULT_BACKBONE
+        with self._lock:
+            if key not in self._backbones:
+                self._backbones[key] = backbone_for(self.repository, key, self.backend)
+            if self._measurer is None:
+                self._measurer = measurer_from_backend(self.backend)
+            return self._backbones[key], self._measurer
 
     def warm_up(self) -> bool:
         """Load the default backbone and angle model now; False (logged) when they are not deployed."""
         try:
-            backbone_for(self.repository, None, self.backend)
-            measurer_from_backend(self.backend)
+            self._models(None)
             return True
         except Exception as e:  # missing or unloadable (corrupt ONNX): the server starts regardless
             log.warning("score models not loaded", extra={"error": f"{type(e).__name__}: {e}"})
@@ -210,24 +213,36 @@ class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
             raise ScoreRequestError.invalid(bad)
         return options
 
-    def _read(self, role: str, s: score_pb2.ImageSet, progress: Callable[[str, int, int], None]) -> ImageSet:
+    def _read(
+        self,
+        role: str,
+        s: score_pb2.ImageSet,
+        progress: Callable[[str, int, int], None],
+        cancelled: Callable[[], bool],
+    ) -> ImageSet:
         if s.WhichOneof("source") == "inline_images":
             out = _inline(role, s.inline_images, self.settings.max_image_pixels)
         else:
             uri = s.uri
-            parsed = urlparse(uri)
-            if parsed.scheme in ("", "file"):
-                path = Path(parsed.path if parsed.scheme == "file" else uri)
-                uri = str(path if path.is_absolute() else self.settings.score_data_root.resolve() / path)
+            if urlparse(uri).scheme in ("", "file"):  # read the folder that was checked, not the name again
+                where = resolve_inside(uri, self.settings.score_data_root)
+                if isinstance(where, str):
+                    raise ScoreRequestError.invalid([FieldViolation(f"{role}.uri", f"{uri}: {where}")])
+                uri = str(where)
+
+            def on_image(n: int) -> None:
+                if cancelled():
+                    raise Cancelled(f"read: {role}")
+                progress(f"read: {role}", n, 0)
+
             try:
                 out = load_set(
-                    uri,
-                    limit=self.settings.score_max_images,
-                    field_name=f"{role}.uri",
-                    on_image=lambda n: progress(f"read: {role}", n, 0),
+                    uri, limit=self.settings.score_max_images, field_name=f"{role}.uri", on_image=on_image
                 )
             except SetError as e:
-                raise ScoreRequestError.invalid([violation(e)]) from None
+                raise ScoreRequestError.invalid(
+                    [FieldViolation(e.field, e.reason.replace(uri, s.uri))]
+                ) from None
             out.source = s.uri
         SCORED_IMAGES.labels(role).inc(len(out))
         return out
@@ -248,8 +263,7 @@ class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
         try:
             with SCORE_SECONDS.time():
                 try:
-                    backbone = backbone_for(self.repository, req.feature_backbone or None, self.backend)
-                    measurer = measurer_from_backend(self.backend)
+                    backbone, measurer = self._models(req.feature_backbone or None)
                 except (UnknownBackboneError, ModelNotFoundError) as e:
                     raise ScoreRequestError(
                         grpc.StatusCode.FAILED_PRECONDITION, f"a default scoring model is not deployed: {e}"
@@ -260,8 +274,8 @@ class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
                         grpc.StatusCode.FAILED_PRECONDITION,
                         "a scoring model is deployed but cannot be loaded (the server log has the details)",
                     ) from None
-                reference = self._read("reference", req.reference, progress)
-                candidate = self._read("candidate", req.candidate, progress)
+                reference = self._read("reference", req.reference, progress, cancelled)
+                candidate = self._read("candidate", req.candidate, progress, cancelled)
                 try:
                     report = score_sets(
                         reference,
@@ -287,6 +301,7 @@ class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
         except ScoreRequestError as e:
             e.abort(context)
         except Cancelled:
+            SCORE_CANCELLED.inc()
             context.abort(grpc.StatusCode.CANCELLED, "cancelled")
         except Exception:
             log.exception("scoring failed")
@@ -296,8 +311,11 @@ class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
     def StreamScoreSets(  # noqa: N802 (generated method name)
         self, request: score_pb2.StreamScoreSetsRequest, context: grpc.ServicerContext
     ) -> Iterator[score_pb2.StreamScoreSetsResponse]:
-        events: queue.Queue[Any] = queue.Queue(maxsize=256)
-        done = object()
+        """The run happens on a worker thread that never blocks on the client: progress events go into a
+        bounded queue (dropped when the client reads slowly — never the result), completion is an
+        event, and a cancelled call stops the worker at its next image or batch."""
+        events: queue.Queue[score_pb2.StreamScoreSetsResponse] = queue.Queue(maxsize=256)
+        finished = threading.Event()
         stop = threading.Event()
         result: dict[str, Any] = {}
 
@@ -305,41 +323,40 @@ class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
             msg = score_pb2.StreamScoreSetsResponse(
                 progress=score_pb2.ScoreProgress(stage=stage, done=n, total=total)
             )
-            with contextlib.suppress(queue.Full):  # a slow reader misses progress, never the result
+            with contextlib.suppress(queue.Full):
                 events.put_nowait(msg)
 
         def work() -> None:
             try:
                 result["response"] = self._run(request.request, progress, stop.is_set)
-            except BaseException as e:  # handed to the RPC thread
+            except Cancelled:
+                SCORE_CANCELLED.inc()
+                result["cancelled"] = True
+            except ScoreRequestError as e:
                 result["error"] = e
+            except Exception:
+                log.exception("scoring failed")
+                result["internal"] = True
             finally:
-                events.put(done)
+                finished.set()
 
-        worker = threading.Thread(target=work, name="score-run", daemon=True)
-        worker.start()
+        threading.Thread(target=work, name="score-run", daemon=True).start()
         try:
-            while True:
+            while not (finished.is_set() and events.empty()):
+                if not context.is_active():
+                    return
                 try:
-                    item = events.get(timeout=0.2)
+                    yield events.get(timeout=0.2)
                 except queue.Empty:
-                    if not context.is_active():
-                        stop.set()
-                        return
                     continue
-                if item is done:
-                    break
-                yield item
         finally:
-            if not context.is_active():
-                stop.set()
-        err = result.get("error")
-        if isinstance(err, ScoreRequestError):
-            err.abort(context)
-        elif isinstance(err, Cancelled):
+            if not finished.is_set():
+                stop.set()  # the client went away: the worker stops at its next check
+        if "error" in result:
+            result["error"].abort(context)
+        elif result.get("cancelled"):
             context.abort(grpc.StatusCode.CANCELLED, "cancelled")
-        elif err is not None:
-            log.error("scoring failed", exc_info=err)
+        elif result.get("internal"):
             context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
         else:
             yield score_pb2.StreamScoreSetsResponse(result=result["response"])

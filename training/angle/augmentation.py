@@ -266,8 +266,9 @@ def summarise(
     table = []
     for s in config.samplers:
         for b in config.backbones:
-            base = [r for r in rows if r["backbone"] == b and r["training"] == "real"]
-            aug = [r for r in rows if r["backbone"] == b and r["training"] == f"real+{s}"]
+            mine = [r for r in rows if r["backbone"] == b and r["seed"] in config.seeds]  # not old seeds
+            base = [r for r in mine if r["training"] == "real"]
+            aug = [r for r in mine if r["training"] == f"real+{s}"]
             if not base or not aug:
                 continue
             entry: dict[str, Any] = {"sampler": s, "backbone": b}
