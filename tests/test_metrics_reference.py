@@ -135,3 +135,31 @@ def test_diversity_is_low_for_varied_sets_and_one_for_copies() -> None:
     assert diversity(copies).mean == pytest.approx(1.0)
     assert diversity(varied).mean < 0.1
     assert diversity(varied, pairs=4).pairs == 4
+
+
+def test_angle_fidelity_matches_torchmetrics_regression_metrics() -> None:
+    from torchmetrics.functional import mean_absolute_error, mean_squared_error, pearson_corrcoef, r2_score
+
+    from hipgen.metrics.fidelity import angle_fidelity
+
+    rng = np.random.default_rng(20)
+    req = rng.uniform(70, 130, (40, 2))
+    mea = 0.6 * req + 40 + rng.normal(0, 6, (40, 2))
+    rep = angle_fidelity(req, mea)
+    for k, side in enumerate(("left", "right")):
+        t, p = torch.tensor(req[:, k]), torch.tensor(mea[:, k])
+        f = rep[side]
+        assert f.pearson_r == pytest.approx(float(pearson_corrcoef(p, t)), rel=REL)
+        assert f.r2 == pytest.approx(float(r2_score(p, t)), rel=REL)  # R² of measured against identity
+        assert f.mae == pytest.approx(float(mean_absolute_error(p, t)), rel=REL)
+        assert f.rmse == pytest.approx(float(mean_squared_error(p, t, squared=False)), rel=REL)
+
+
+def test_memorisation_nearest_neighbours_match_torch_cdist() -> None:
+    from hipgen.metrics.memorisation import memorisation
+
+    train, synth = _features(21, n=60), _features(22, n=25, shift=0.1)
+    m = memorisation(train, synth)
+    d = torch.cdist(torch.tensor(synth), torch.tensor(train))
+    np.testing.assert_array_equal(m.nearest, d.argmin(1).numpy())
+    np.testing.assert_allclose(m.distance, d.min(1).values.numpy(), rtol=REL)

@@ -55,9 +55,13 @@ def test_report_writes_readable_self_contained_html_and_json(
 ) -> None:
     out = tmp_path / "report"
     args = ["report", "--real", str(score_folders["real"]), "--synthetic", str(score_folders["synthetic"])]
-    res = runner.invoke(app, [*args, "-o", str(out), "--repo", str(angle_repo), "--kid-subset-size", "8"])
+    training = ["--training", str(score_folders["studies"])]  # memorisation searched there, not in --real
+    res = runner.invoke(
+        app, [*args, "-o", str(out), "--repo", str(angle_repo), "--kid-subset-size", "8", *training]
+    )
     assert res.exit_code == 0, res.output
     html = (out / "report.html").read_text()
+    assert f"searched: {score_folders['studies']} (16 images)" in html
     for section in (
         "Metrics",
         "Angle fidelity",
