@@ -149,17 +149,20 @@ def test_experiment_augment_runs_resumes_and_tabulates(angle_repo: Path, tmp_pat
     args = [
         "experiment", "augment", "-o", str(out), "--real", "6", "--synthetic", "4", "--test", "4",
         "--backbones", "squeezenet1_1", "--seeds", "0,1", "--steps", "2", "--batch-size", "2",
+        "--samplers", "lcm-4,phantom-views",
         "--repo", str(angle_repo),
     ]  # fmt: skip
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     rows = [json.loads(x) for x in (out / "runs.jsonl").read_text().splitlines()]
     assert sorted((r["seed"], r["training"]) for r in rows) == [
-        (0, "real"), (0, "real+lcm-4"), (1, "real"), (1, "real+lcm-4"),
+        (0, "real"), (0, "real+lcm-4"), (0, "real+phantom-views"),
+        (1, "real"), (1, "real+lcm-4"), (1, "real+phantom-views"),
     ]  # fmt: skip
     assert all(r["train_images"] == (6 if r["training"] == "real" else 6 + 4) for r in rows)
     summary = json.loads((out / "augment.json").read_text())
-    (entry,) = summary["table"]
+    entry, control = summary["table"]
+    assert control["sampler"] == "phantom-views"
     base = [r["mape"] for r in rows if r["training"] == "real"]
     assert entry["mape"]["without"]["mean"] == pytest.approx(np.mean(base))
     assert entry["mape"]["improvement"] == pytest.approx(1 - entry["mape"]["with"]["mean"] / np.mean(base))
@@ -168,7 +171,7 @@ def test_experiment_augment_runs_resumes_and_tabulates(angle_repo: Path, tmp_pat
     ).read_text()
     # a rerun trains nothing new
     again = runner.invoke(app, args)
-    assert again.exit_code == 0 and len((out / "runs.jsonl").read_text().splitlines()) == 4
+    assert again.exit_code == 0 and len((out / "runs.jsonl").read_text().splitlines()) == 6
     changed = runner.invoke(app, [*args, "--steps", "3"])  # other numbers must not mix with these
     assert changed.exit_code == 2 and "steps" in changed.output
     bad = runner.invoke(app, [*args[:3], str(tmp_path / "b"), "--samplers", "euler-3"])

@@ -31,7 +31,7 @@ from hipgen.generate.generator import Generator, choose_sampler, generator_for
 from hipgen.generate.label import measure_each, measured_angles
 from hipgen.inference.backend import OrtBackend
 from hipgen.metrics.fidelity import angle_fidelity
-from training.angle.data import HipSet, render_set
+from training.angle.data import SMALL_SIZES, HipSet, render_set
 from training.angle.evaluate import evaluate
 from training.angle.models import check_backbone, check_head
 from training.angle.train import TorchModelFn, TrainConfig, train
@@ -73,11 +73,18 @@ class AugmentConfig:
             raise ValueError("name at least one seed and one backbone")
 
 
+PHANTOM_VIEWS = "phantom-views"  # the control arm: K more phantom pelvis views with exact labels
+
+
 def parse_sampler(text: str) -> tuple[str, int]:
-    """``"ddim-50"`` → ("ddim", 50)."""
+    """``"ddim-50"`` → ("ddim", 50); ``"phantom-views"`` (the control) → ("phantom-views", 0)."""
+    if text.strip().lower() == PHANTOM_VIEWS:
+        return PHANTOM_VIEWS, 0
     name, _, steps = text.strip().lower().partition("-")
     if name not in ("ddim", "ddpm", "lcm") or not steps.isdigit() or int(steps) < 1:
-        raise ValueError(f"sampler {text!r}: write <ddim|ddpm|lcm>-<steps>, e.g. lcm-4 or ddim-50")
+        raise ValueError(
+            f"sampler {text!r}: write <ddim|ddpm|lcm>-<steps>, e.g. lcm-4 or ddim-50, or {PHANTOM_VIEWS}"
+        )
     return name, int(steps)
 
 
@@ -119,6 +126,24 @@ def synthetic_set(
         "fidelity_vs_request": {k: v.to_dict() for k, v in angle_fidelity(requested, measured).items()},
     }
     return data, info
+
+
+def phantom_view_set(
+    count: int, seed: int, size: int = 128, progress: bool = True
+) -> tuple[HipSet, dict[str, Any]]:
+    """The control arm: ``count`` fresh phantoms cut to the generators' pelvis views, with their exact
+    labels — what K *perfect* synthetic images would add under the same budget."""
+    from training.diffusion.data import pelvis_views
+
+    _, views = pelvis_views(render_set(count, seed, sizes=SMALL_SIZES, progress=progress), size)
+    images = [(im * 255).round().astype(np.uint8) for im in views.images]
+    data = HipSet(images, views.points, views.radii, [f"{PHANTOM_VIEWS}_{n}" for n in views.names])
+    return data, {
+        "generator": "phantom renderer (exact labels)",
+        "sampler": PHANTOM_VIEWS,
+        "generated": count,
+        "labelled": count,
+    }
 
 
 def _save_set(data: HipSet, info: dict[str, Any], path: Path) -> None:
@@ -194,6 +219,11 @@ def run(
         cache = out / f"synthetic_{s}.npz"
         if cache.exists():
             synthetic[s] = _load_set(cache)
+        elif s == PHANTOM_VIEWS:
+            synthetic[s] = phantom_view_set(
+                config.synthetic, SYNTHETIC_SEED + 1 + config.data_seed, progress=progress
+            )
+            _save_set(*synthetic[s], cache)
         else:
             synthetic[s] = synthetic_set(
                 config.repo,
