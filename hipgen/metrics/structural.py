@@ -11,6 +11,7 @@ functions against pytorch-msssim and torchmetrics on the same images.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -170,14 +171,26 @@ def pair_indices(n: int, pairs: int, seed: int = 0) -> tuple[np.ndarray, np.ndar
 
 
 def diversity(
-    x: np.ndarray, *, pairs: int = 200, seed: int = 0, multiscale: bool = False, batch: int = 16
+    x: Sequence[np.ndarray],
+    *,
+    pairs: int = 200,
+    seed: int = 0,
+    multiscale: bool = False,
+    batch: int = 16,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> Similarity:
     """Intra-set similarity: mean (M)S-SSIM over ``pairs`` random pairs of distinct images of ``x``
-    (every pair when there are fewer). Lower means a more diverse set."""
-    x = _as_batch(x)
+    (every pair when there are fewer). Lower means a more diverse set. ``x`` is an (N, H, W) array or
+    any sequence of equal-shape images — e.g. one that loads each image when indexed, so only the
+    images the pairs touch are ever made; ``on_batch(done, total)`` follows every batch of pairs."""
     i, j = pair_indices(len(x), pairs, seed)
     fn = ms_ssim if multiscale else ssim
-    vals = [fn(x[i[s : s + batch]], x[j[s : s + batch]]) for s in range(0, len(i), batch)]
+    vals = []
+    for s in range(0, len(i), batch):
+        a, b = i[s : s + batch], j[s : s + batch]
+        vals.append(fn(np.stack([x[int(k)] for k in a]), np.stack([x[int(k)] for k in b])))
+        if on_batch:
+            on_batch(min(s + batch, len(i)), len(i))
     return _summary(np.concatenate(vals))
 
 

@@ -22,7 +22,7 @@ from hipgen.metrics.baseline import improvement_factor, noise_image, noise_image
 from hipgen.metrics.distribution import frechet_distance, kid, mmd_rbf, precision_recall
 from hipgen.metrics.fidelity import FidelityReport, angle_fidelity
 from hipgen.metrics.memorisation import DEFAULT_THRESHOLD, Memorisation, memorisation
-from hipgen.metrics.structural import ms_ssim, ms_ssim_min_side, pair_indices, ssim
+from hipgen.metrics.structural import diversity, ms_ssim, ms_ssim_min_side, ssim
 from hipgen.metrics.transfer import TransferScores, gan_train_test
 from hipgen.score.features import FeatureBackbone
 from hipgen.score.sets import ImageSet
@@ -178,6 +178,21 @@ def _median_shape(s: ImageSet) -> tuple[int, int]:
     return int(h), int(w)
 
 
+class _Resized(Sequence[np.ndarray]):
+    """``images`` resized to ``size``² when indexed, each at most once (diversity touches ≤ 2 × pairs)."""
+
+    def __init__(self, images: Sequence[np.ndarray], size: int) -> None:
+        self.images, self.size, self._cache = images, size, {}
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, k: Any) -> Any:
+        if k not in self._cache:
+            self._cache[k] = resized([self.images[k]], self.size)[0].astype(np.float32)
+        return self._cache[k]
+
+
 class _Run:
     def __init__(self, on_progress: Progress | None, cancelled: Callable[[], bool] | None) -> None:
         self.on_progress, self.cancelled = on_progress, cancelled
@@ -258,30 +273,21 @@ def _structural_metrics(
             b = float(np.concatenate(base[m]).mean()) if base[m] else None
             out.append(MetricValue(m, float(v.mean()), float(v.std() / math.sqrt(len(v))), b, len(v)))
     if diverse and len(cand) >= 2:
-        i_idx, j_idx = pair_indices(len(cand), opt.diversity_pairs, opt.seed)
-        cache: dict[int, np.ndarray] = {}
-
-        def view(k: int) -> np.ndarray:
-            if k not in cache:
-                cache[k] = resized([cand.images[k]], size)[0].astype(np.float32)
-            return cache[k]
-
-        run.step("structural: diversity", 0, len(i_idx))
+        views = _Resized(cand.images, size)
+        noise = NoiseSet(len(cand), (size, size), opt.seed)
         for m in diverse:
-            fn = fns[m.removesuffix("_diversity")]
-            vals_d, base_d = [], []
-            for s0 in range(0, len(i_idx), opt.batch):
-                a, b = i_idx[s0 : s0 + opt.batch], j_idx[s0 : s0 + opt.batch]
-                vals_d.append(fn(np.stack([view(k) for k in a]), np.stack([view(k) for k in b])))
-                if opt.noise_baseline:
-                    za = np.stack([noise_image(int(k), (size, size), opt.seed) for k in a])
-                    zb = np.stack([noise_image(int(k), (size, size), opt.seed) for k in b])
-                    base_d.append(fn(za, zb))
-                run.step("structural: diversity", min(s0 + opt.batch, len(i_idx)), len(i_idx))
-            v = np.concatenate(vals_d)
+            kw = {
+                "pairs": opt.diversity_pairs,
+                "seed": opt.seed,
+                "multiscale": m.startswith("ms_"),
+                "batch": opt.batch,
+            }
+            d = diversity(
+                views, on_batch=lambda done, total, m=m: run.step(f"structural: {m}", done, total), **kw
+            )
             # lower is more diverse; noise is the most diverse set possible: a floor, not a target
-            bval = float(np.concatenate(base_d).mean()) if base_d else None
-            out.append(MetricValue(m, float(v.mean()), float(v.std() / math.sqrt(len(v))), bval, len(v)))
+            base = diversity(noise, **kw).mean if opt.noise_baseline else None
+            out.append(MetricValue(m, d.mean, d.std / math.sqrt(d.pairs), base, d.pairs))
     return out
 
 
