@@ -201,7 +201,8 @@ class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
             try:
                 check()
             except ScoreOptionError as e:
-                bad.append(violation(e))
+                if not any(v.field == e.field for v in bad):
+                    bad.append(violation(e))
         name = req.feature_backbone
         if name and name not in available_backbones(self.repository):
             offered = available_backbones(self.repository)
