@@ -193,6 +193,25 @@ class Generator:
         )
         return to_unit(self.decode(x))
 
+    def generate_angles(
+        self,
+        angles: np.ndarray,
+        choice: SamplerChoice,
+        *,
+        seed: int = 0,
+        batch: int = 8,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """One image per requested (left, right) pair of ``angles`` (N, 2), image k with seed
+        ``seed + k``, ``batch`` at a time (``on_batch(images done)`` after each) → (N, S, S) in [0, 1]."""
+        out = []
+        for i in range(0, len(angles), batch):
+            reqs = [NaRequest(float(a), float(b)) for a, b in angles[i : i + batch]]
+            out.append(self.generate(self.plan(reqs, [seed + i + j for j in range(len(reqs))], choice)))
+            if on_batch:
+                on_batch(len(reqs))
+        return np.concatenate(out) if out else np.zeros((0, self.spec.size, self.spec.size), np.float32)
+
     def sample_shape(self) -> tuple[int, int]:
         """(channels, side) of what the UNet denoises: (1, image side), or the latents'."""
         if self.spec.latent:

@@ -213,6 +213,12 @@ class _Run:
             self.step(stage, min(i + batch, len(images)), len(images))
         return np.concatenate(out)
 
+    def measured(self, stage: str, measurer: Any, images: Sequence[np.ndarray], batch: int) -> np.ndarray:
+        """(N, 2) [left, right] angles the angle model measures, NaN where it finds no hips."""
+        return self.batched(
+            stage, lambda ims: measured_angles(measure_each(measurer, list(ims))), images, batch
+        )
+
 
 def _feature_metrics(
     chosen: tuple[str, ...], ref: np.ndarray, cand: np.ndarray, noise: np.ndarray | None, opt: ScoreOptions
@@ -327,12 +333,7 @@ def score_sets(
     report.metrics += _structural_metrics(chosen, reference, candidate, options, run)
     measured = None
     if measurer is not None and ("angle_fidelity" in chosen or "gan_train" in chosen or "gan_test" in chosen):
-        measured = run.batched(
-            "measure: candidate",
-            lambda ims: measured_angles(measure_each(measurer, list(ims))),
-            candidate.images,
-            options.batch,
-        )
+        measured = run.measured("measure: candidate", measurer, candidate.images, options.batch)
         report.measured = measured
     if "angle_fidelity" in chosen:
         if candidate.requested is None or not np.isfinite(candidate.requested).any():
@@ -373,12 +374,7 @@ def _transfer(
         if measurer is None:
             report.notes.append("GAN-train/test: the reference set is unlabelled and there is no angle model")
             return
-        ref_angles = run.batched(
-            "measure: reference",
-            lambda ims: measured_angles(measure_each(measurer, list(ims))),
-            reference.images,
-            options.batch,
-        )
+        ref_angles = run.measured("measure: reference", measurer, reference.images, options.batch)
     if measured is None:
         report.notes.append("GAN-train/test: no angle model to label the candidate set")
         return

@@ -60,7 +60,11 @@ class ScoreRequestError(RequestError):
     pass
 
 
-def _set_violations(req: score_pb2.ScoreSetsRequest, settings: Settings) -> list[FieldViolation]:
+def _set_violations(
+    req: score_pb2.ScoreSetsRequest, settings: Settings, folders: dict[str, Path]
+) -> list[FieldViolation]:
+    """Everything wrong with the two sets that the request tells; ``folders`` receives the checked
+    local folder of each ``file://`` set, which is what gets read (never the name again)."""
     bad = []
     for role in ("reference", "candidate"):
         s: score_pb2.ImageSet = getattr(req, role)
@@ -68,7 +72,11 @@ def _set_violations(req: score_pb2.ScoreSetsRequest, settings: Settings) -> list
         if kind is None:
             bad.append(FieldViolation(role, "is required: a uri or inline_images"))
         elif kind == "uri":
-            bad += _uri_violations(f"{role}.uri", s.uri, settings.score_data_root)
+            found = _uri_violations(f"{role}.uri", s.uri, settings.score_data_root)
+            if isinstance(found, Path):
+                folders[role] = found
+            else:
+                bad += found
         else:
             imgs = s.inline_images
             if not imgs.images:
@@ -100,7 +108,8 @@ def _set_violations(req: score_pb2.ScoreSetsRequest, settings: Settings) -> list
     return bad
 
 
-def _uri_violations(field: str, uri: str, root: Path) -> list[FieldViolation]:
+def _uri_violations(field: str, uri: str, root: Path) -> list[FieldViolation] | Path:
+    """The violations of a set URI, or the resolved folder of a good local one."""
     parsed = urlparse(uri)
     if not uri:
         return [FieldViolation(field, "is empty")]
@@ -109,7 +118,7 @@ def _uri_violations(field: str, uri: str, root: Path) -> list[FieldViolation]:
     if parsed.scheme not in ("", "file"):
         return [FieldViolation(field, f"{uri}: only file:// and s3:// URIs are read")]
     where = resolve_inside(uri, root)
-    return [FieldViolation(field, f"{uri}: {where}")] if isinstance(where, str) else []
+    return [FieldViolation(field, f"{uri}: {where}")] if isinstance(where, str) else where
 
 
 def _inline(role: str, s: score_pb2.InlineImageSet, pixel_cap: int) -> ImageSet:
@@ -194,7 +203,7 @@ class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
             return False
 
     # --- one run ------------------------------------------------------------------------------------
-    def _options(self, req: score_pb2.ScoreSetsRequest) -> ScoreOptions:
+    def _options(self, req: score_pb2.ScoreSetsRequest, folders: dict[str, Path]) -> ScoreOptions:
         options = ScoreOptions(metrics=tuple(req.metrics), image_size=req.image_size, seed=req.seed)
         bad = []
         for check in (options.chosen, options.structural_size):
@@ -209,7 +218,7 @@ class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
             bad.append(
                 FieldViolation("feature_backbone", f"unknown backbone {name!r}; this server offers {offered}")
             )
-        bad += _set_violations(req, self.settings)
+        bad += _set_violations(req, self.settings, folders)
         if bad:
             raise ScoreRequestError.invalid(bad)
         return options
@@ -218,18 +227,14 @@ class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
         self,
         role: str,
         s: score_pb2.ImageSet,
+        folder: Path | None,
         progress: Callable[[str, int, int], None],
         cancelled: Callable[[], bool],
     ) -> ImageSet:
         if s.WhichOneof("source") == "inline_images":
             out = _inline(role, s.inline_images, self.settings.max_image_pixels)
         else:
-            uri = s.uri
-            if urlparse(uri).scheme in ("", "file"):  # read the folder that was checked, not the name again
-                where = resolve_inside(uri, self.settings.score_data_root)
-                if isinstance(where, str):
-                    raise ScoreRequestError.invalid([FieldViolation(f"{role}.uri", f"{uri}: {where}")])
-                uri = str(where)
+            uri = str(folder) if folder is not None else s.uri  # a local set: the folder that was checked
 
             def on_image(n: int) -> None:
                 if cancelled():
@@ -254,7 +259,8 @@ class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
         progress: Callable[[str, int, int], None],
         cancelled: Callable[[], bool],
     ) -> score_pb2.ScoreSetsResponse:
-        options = self._options(req)
+        folders: dict[str, Path] = {}
+        options = self._options(req, folders)
         if not self._slots.acquire(blocking=False):
             raise ScoreRequestError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -275,8 +281,12 @@ class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
                         grpc.StatusCode.FAILED_PRECONDITION,
                         "a scoring model is deployed but cannot be loaded (the server log has the details)",
                     ) from None
-                reference = self._read("reference", req.reference, progress, cancelled)
-                candidate = self._read("candidate", req.candidate, progress, cancelled)
+                reference = self._read(
+                    "reference", req.reference, folders.get("reference"), progress, cancelled
+                )
+                candidate = self._read(
+                    "candidate", req.candidate, folders.get("candidate"), progress, cancelled
+                )
                 try:
                     report = score_sets(
                         reference,

@@ -26,7 +26,6 @@ from tqdm import tqdm
 
 from hipgen.anatomy import HipKeypoints
 from hipgen.angle.measure import AngleMeasurer, measurer_from_backend
-from hipgen.generate.conditions import NaRequest
 from hipgen.generate.generator import Generator, choose_sampler, generator_for
 from hipgen.generate.label import measure_each, measured_angles
 from hipgen.inference.backend import OrtBackend
@@ -107,10 +106,8 @@ def synthetic_set(
     choice = choose_sampler(gen.spec, sampler, steps, None)
     rng = np.random.default_rng(seed)
     requested = rng.uniform(*na_range, size=(count, 2))  # [left, right]
-    images: list[np.ndarray] = []
-    for i in tqdm(range(0, count, batch), desc=f"generate {sampler_steps}", disable=not progress):
-        reqs = [NaRequest(float(a), float(b)) for a, b in requested[i : i + batch]]
-        images.extend(gen.generate(gen.plan(reqs, [seed + i + j for j in range(len(reqs))], choice)))
+    with tqdm(total=count, desc=f"generate {sampler_steps}", disable=not progress) as bar:
+        images = list(gen.generate_angles(requested, choice, seed=seed, batch=batch, on_batch=bar.update))
     found = measure_each(measurer, images)
     keep = [i for i, m in enumerate(found) if m is not None]
     kps: list[HipKeypoints] = [found[i].keypoints for i in keep]

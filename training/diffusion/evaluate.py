@@ -14,7 +14,6 @@ from tqdm import tqdm
 
 from hipgen.angle.features import AngleFeatures
 from hipgen.angle.measure import measurer_from_backend
-from hipgen.generate.conditions import NaRequest
 from hipgen.generate.generator import Generator, choose_sampler
 from hipgen.generate.label import measure_each, measured_angles
 from hipgen.inference.backend import OrtBackend
@@ -62,17 +61,10 @@ def evaluate(
     choice = choose_sampler(gen.spec, sampler, steps, guidance_scale)
     measurer = measurer_from_backend(backend)
     requested = np.repeat(fidelity_grid(values), per_cell, axis=0)
-    images = []
     t0 = time.perf_counter()
-    bar = tqdm(total=len(requested), desc=f"{choice.sampler}-{choice.steps}", disable=not progress)
-    for i in range(0, len(requested), batch):
-        reqs = [NaRequest(float(a), float(b)) for a, b in requested[i : i + batch]]
-        plan = gen.plan(reqs, [seed + i + j for j in range(len(reqs))], choice)
-        images.append(gen.generate(plan))
-        bar.update(len(reqs))
-    bar.close()
+    with tqdm(total=len(requested), desc=f"{choice.sampler}-{choice.steps}", disable=not progress) as bar:
+        images_arr = gen.generate_angles(requested, choice, seed=seed, batch=batch, on_batch=bar.update)
     seconds = time.perf_counter() - t0
-    images_arr = np.concatenate(images)
     measured = measured_angles(measure_each(measurer, list(images_arr)))
     fidelity = {k: v.to_dict() for k, v in angle_fidelity(requested, measured).items()}
     metrics: dict[str, Any] = {
