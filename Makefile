@@ -35,7 +35,15 @@ protos: $(STAMPS)/core
 
 setup: $(STAMPS)/core $(API_STAMP)
 
-setup-train: setup $(STAMPS)/train
+# a real tritonserver (CPU, python backend) for the Triton integration tests. --no-deps: the wheel pins
+# numpy<2 and tritonclient[grpc] (protobuf<7) for its own Python API, which hipgen does not use; only
+# its bundled tritonserver binary and python backend are needed (../shared/reference/triton-on-cpu.md)
+TRITON_WHEEL := nvidia-pytriton==0.7.0
+$(STAMPS)/triton: Makefile | $(STAMPS)/core
+	$(PIP) install --no-deps '$(TRITON_WHEEL)'
+	@mkdir -p $(STAMPS) && touch $@
+
+setup-train: setup $(STAMPS)/train $(STAMPS)/triton
 
 # pytest exits 5 when it collects nothing: that is a broken suite here, not a pass.
 # the suite trains tiny models and checks ONNX export against PyTorch: it needs the training stack
