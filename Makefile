@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMPS := $(VENV)/.stamps
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run serve test setup setup-train protos lint bench phantom-grid clean
+.PHONY: run serve test setup setup-train protos lint bench phantom-grid clean certs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,13 @@ bench: setup-train
 	$(BIN)/python bench/phantom/bench_phantom.py
 	$(BIN)/python bench/angle/bench_angle.py
 	$(BIN)/python bench/generate/bench_generate.py
+
+# a development CA, server (localhost, 127.0.0.1, ::1) and client certificate for TLS / mutual TLS;
+# git-ignored, never committed; remade only when missing or when the script changes
+certs: certs/server.pem
+
+certs/server.pem: scripts/make_certs.py | $(STAMPS)/core
+	$(BIN)/python scripts/make_certs.py --out certs --force
 
 phantom-grid: setup
 	$(BIN)/hipgen grid --out docs/phantom_grid.png

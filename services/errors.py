@@ -1,5 +1,6 @@
 """Request errors shared by the services: a gRPC code, a one-line message and the bad request fields,
-sent as ``google.rpc.Status`` with a ``BadRequest`` detail (DESIGN §3)."""
+sent as ``google.rpc.Status`` with a ``BadRequest`` detail, or a ``RetryInfo`` detail when the caller may
+retry later (rate limits, full queues) (DESIGN §3)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -35,12 +36,24 @@ class RequestError(Exception):
     """Why one request gets no answer: a gRPC code, a one-line message and the bad fields."""
 
     def __init__(
-        self, code: grpc.StatusCode, message: str, violations: Sequence[FieldViolation] = ()
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        violations: Sequence[FieldViolation] = (),
+        *,
+        retry_after_s: float | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.violations = tuple(violations)
+        self.retry_after_s = retry_after_s
+
+    @classmethod
+    def exhausted(cls, message: str, retry_after_s: float):  # noqa: ANN206 - the calling subclass
+        """RESOURCE_EXHAUSTED with a ``RetryInfo`` detail, so that clients back off for ``retry_after_s``
+        seconds instead of retrying at once (rate limits, full queues)."""
+        return cls(grpc.StatusCode.RESOURCE_EXHAUSTED, message, retry_after_s=retry_after_s)
 
     @classmethod
     def invalid(cls, violations: Sequence[FieldViolation]):  # noqa: ANN206 - the calling subclass
@@ -59,8 +72,15 @@ class RequestError(Exception):
         )
 
     def to_status(self) -> status_pb2.Status:
-        """The ``google.rpc.Status`` of this error, with a ``BadRequest`` detail when fields are named."""
+        """The ``google.rpc.Status`` of this error, with a ``BadRequest`` detail when fields are named and
+        a ``RetryInfo`` detail when ``retry_after_s`` is set."""
         status = status_pb2.Status(code=self.code.value[0], message=self.message)
+        if self.retry_after_s is not None:
+            delay = duration_pb2.Duration()
+            delay.FromNanoseconds(max(0, round(self.retry_after_s * 1e9)))
+            detail = any_pb2.Any()
+            detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+            status.details.append(detail)
         if self.violations:
             detail = any_pb2.Any()
             detail.Pack(
