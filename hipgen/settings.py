@@ -100,11 +100,92 @@ class Settings(BaseSettings):
     score_max_concurrent: int = Field(
         2, ge=1, description="Scoring runs ScoreService computes at once; more answer RESOURCE_EXHAUSTED."
     )
+    auth_secret_file: Path | None = Field(
+        None,
+        description="File with the HS256 secret (at least 32 bytes, `hipgen token secret`) that signs bearer "
+        "tokens (`hipgen token create`); set, every RPC but health and reflection needs a token with the "
+        "service's scope. Unset: no authentication, for 127.0.0.1 only (a warning otherwise).",
+    )
+    rate_limit_rps: float = Field(
+        0.0,
+        ge=0,
+        description="RPCs per second each client (token subject, else peer address) may start, health and "
+        "reflection exempt; over it, RESOURCE_EXHAUSTED with RetryInfo. 0 turns rate limits off.",
+    )
+    rate_limit_burst: int = Field(
+        20, ge=1, description="RPCs a client may start at once before `rate_limit_rps` applies (bucket size)."
+    )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM server certificate (chain); with `tls_key_file`, serve TLS. Unset: plaintext."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of `tls_cert_file`.")
+    tls_client_ca_file: Path | None = Field(
+        None,
+        description="PEM CA that client certificates must chain to; set, mutual TLS: clients without such a "
+        "certificate are refused.",
+    )
+    # --- the gateway: downstream services and dataset jobs -------------------------------------------
+    angle_address: str = Field(
+        "127.0.0.1:50052", description="Gateway: address (`host:port`) of AngleService it proxies to."
+    )
+    generate_address: str = Field(
+        "127.0.0.1:50053",
+        description="Gateway and shard workers: address of GenerateService (proxied; dataset jobs call it).",
+    )
+    score_address: str = Field(
+        "127.0.0.1:50054", description="Gateway: address of ScoreService (proxied; dataset jobs score on it)."
+    )
+    downstream_token_file: Path | None = Field(
+        None,
+        description="File with the bearer token the gateway and shard workers send to the services for "
+        "their own calls (dataset jobs); proxied calls forward the caller's token. Unset: none.",
+    )
+    downstream_ca_file: Path | None = Field(
+        None, description="CA bundle to verify the services' TLS certificates; unset: plaintext channels."
+    )
+    dataset_db_url: str = Field(
+        "sqlite:///out/datasets.db",
+        description="SQLAlchemy URL of the dataset-job database: SQLite by default, or e.g. "
+        "`postgresql+psycopg://user@host/db`.",
+    )
+    dataset_output_root: Path = Field(
+        Path("out"),
+        description="Folder that `file://` dataset outputs must lie inside (resolved, symlinks followed).",
+    )
+    dataset_max_images: int = Field(100_000, ge=1, description="Most images one dataset job may ask for.")
+    dataset_max_running: int = Field(2, ge=1, description="Dataset jobs running at once on the gateway.")
+    dataset_max_queued: int = Field(
+        16, ge=0, description="Dataset jobs waiting beyond the running ones; more answer RESOURCE_EXHAUSTED."
+    )
+    dataset_shard_workers: int = Field(
+        2, ge=1, description="Shards of one job the local executor runs at once (each calls GenerateService)."
+    )
+    dataset_images_per_shard: int = Field(32, ge=1, le=1024, description="Default images per shard.")
+    dataset_max_regenerations: int = Field(
+        8, ge=0, description="Most regenerations per image a tolerance filter may ask for."
+    )
+    dataset_shard_retries: int = Field(
+        4, ge=0, description="Retries of a shard whose Generate call failed with UNAVAILABLE or a deadline."
+    )
+    dataset_executor: Literal["local", "kubernetes"] = Field(
+        "local", description="Where shards run unless a job says: `local` (worker pool) or `kubernetes`."
+    )
+    kubernetes_namespace: str = Field("hipgen", description="Namespace of the dataset Indexed Jobs.")
+    kubernetes_worker_image: str = Field(
+        "hipgen/worker:0.1.0", description="Image of the shard-worker pods (runs services.gateway.worker)."
+    )
+    kubernetes_parallelism: int = Field(8, ge=1, description="Shard-worker pods of one Indexed Job at once.")
+    kubernetes_shards_per_pod: int = Field(4, ge=1, description="Shards one worker pod (one index) runs.")
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, v: Any) -> Any:
         return v.upper() if isinstance(v, str) else v
+
+    @field_validator("auth_secret_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v  # HIPGEN_AUTH_SECRET_FILE= means off
 
     @classmethod
     def settings_customise_sources(
@@ -163,12 +244,14 @@ def env_vars() -> list[str]:
 def _type_name(annotation: Any) -> str:
     if typing.get_origin(annotation) is Literal:
         return " \\| ".join(f"`{a}`" for a in typing.get_args(annotation))
-    if annotation is Path:
+    if annotation is Path or set(typing.get_args(annotation)) == {Path, type(None)}:
         return "path"
     return getattr(annotation, "__name__", str(annotation))
 
 
 def _default_text(value: Any) -> str:
+    if value is None:
+        return "unset"
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1_000_000:
         return f"`{value:_}`"  # 64_000_000 reads better than 64000000, and is valid TOML and Python
     return f"`{value}`"

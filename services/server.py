@@ -40,13 +40,14 @@ from hipgen.api.v1 import (
 )
 from hipgen.logs import configure_logging
 from hipgen.settings import Settings, get_settings
+from services.tls import server_credentials
 
 log = logging.getLogger("services.server")
 
 
 # --- servicer factories: one per service; each issue replaces its own ---------------------------------
 def angle_servicer(settings: Settings) -> angle_pb2_grpc.AngleServiceServicer:
-    """AngleService on the embedded ONNX Runtime backend over ``settings.model_repository``, measuring
+    """AngleService on the backend ``settings.backend`` names (``hipgen.inference.make_backend``), measuring
     with ``hipgen.angle.measure.DEFAULT_ANGLE_MODEL`` unless a request names another model.
 
     The models load now, not on the first request. Without them the server still starts (and health
@@ -54,35 +55,35 @@ def angle_servicer(settings: Settings) -> angle_pb2_grpc.AngleServiceServicer:
     answers FAILED_PRECONDITION naming the missing model.
     """
     from hipgen.angle.measure import DEFAULT_ANGLE_MODEL
-    from hipgen.inference.backend import OrtBackend
+    from hipgen.inference import make_backend
     from services.angle import AngleServicer
 
-    servicer = AngleServicer(OrtBackend(settings.model_repository), DEFAULT_ANGLE_MODEL, settings)
+    servicer = AngleServicer(make_backend(settings), DEFAULT_ANGLE_MODEL, settings)
     servicer.warm_up()
     return servicer
 
 
 def generate_servicer(settings: Settings) -> generate_pb2_grpc.GenerateServiceServicer:
-    """GenerateService on the embedded ONNX Runtime backend: ``generator_ddpm`` (DDPM/DDIM) and
+    """GenerateService on the backend the settings name: ``generator_ddpm`` (DDPM/DDIM) and
     ``generator_lcm`` (LCM), labelled by the default angle model. Models load now; without them the
     server still starts and Generate answers FAILED_PRECONDITION naming the missing model."""
-    from hipgen.inference.backend import OrtBackend
+    from hipgen.inference import make_backend
     from services.generate import GenerateServicer
 
-    servicer = GenerateServicer(OrtBackend(settings.model_repository), settings)
+    servicer = GenerateServicer(make_backend(settings), settings)
     servicer.warm_up()
     return servicer
 
 
 def score_servicer(settings: Settings) -> score_pb2_grpc.ScoreServiceServicer:
-    """ScoreService on the embedded ONNX Runtime backend: feature backbones from the repository (the
+    """ScoreService on the backend the settings name: feature backbones from the repository (the
     default angle_locator domain encoder, or exported ImageNet backbones), the default angle model for
     angle fidelity. Models load now; without them the server still starts and ScoreSets answers
     FAILED_PRECONDITION."""
-    from hipgen.inference.backend import OrtBackend
+    from hipgen.inference import make_backend
     from services.score import ScoreServicer
 
-    servicer = ScoreServicer(OrtBackend(settings.model_repository), settings)
+    servicer = ScoreServicer(make_backend(settings), settings)
     servicer.warm_up()
     return servicer
 
@@ -133,6 +134,18 @@ SERVICES: dict[str, ServiceSpec] = {
 }
 
 
+def default_interceptors(settings: Settings, host: str) -> list[grpc.ServerInterceptor]:
+    """The interceptor chain every server gets: metrics and request ids first (so that refused calls
+    are counted and logged too), then bearer-token auth (binds the client id), then per-client rate
+    limits (keyed by that client id); auth and rate limits only when ``settings`` turn them on."""
+    from services.auth import auth_interceptor
+    from services.metrics import MetricsInterceptor
+    from services.ratelimit import rate_limit_interceptor
+
+    chain = [MetricsInterceptor(), auth_interceptor(settings, host), rate_limit_interceptor(settings)]
+    return [i for i in chain if i is not None]
+
+
 def build_server(
     settings: Settings,
     *,
@@ -141,7 +154,8 @@ def build_server(
     services: Iterable[str] | None = None,
     servicers: Mapping[str, Any] | None = None,
     health_servicer: health.HealthServicer | None = None,
-    interceptors: Sequence[grpc.ServerInterceptor] = (),
+    interceptors: Sequence[grpc.ServerInterceptor] | None = None,
+    proxied: Mapping[str, grpc.GenericRpcHandler] | None = None,
 ) -> tuple[grpc.Server, int]:
     """Build and bind (not start) a server; return it with the port it bound.
 
@@ -154,7 +168,10 @@ def build_server(
         servicers: full name -> servicer instance, replacing that service's factory (tests).
         health_servicer: the ``grpc.health.v1`` servicer to use (default: a new one); pass one to
             flip it to NOT_SERVING at shutdown, as :func:`serve` does.
-        interceptors: server interceptors (request ids, metrics).
+        interceptors: server interceptors, outermost first; default: :func:`default_interceptors`
+            (metrics and request ids, auth, rate limits, as ``settings`` ask); ``()`` for none.
+        proxied: full service name -> a generic handler answering it (the gateway's proxies to the
+            model services); listed in health and reflection like the carried services.
 
     Every carried service, and ``""`` (the whole server), is SERVING in health; reflection lists
     the carried services, health and reflection. Raises ``ValueError`` for an unknown service name
@@ -166,10 +183,11 @@ def build_server(
         raise ValueError(f"unknown or not carried service(s) {unknown}; choose from {sorted(SERVICES)}")
     host = settings.host if host is None else host
     port = settings.port if port is None else port
+    credentials = server_credentials(settings)  # TLS / mutual TLS when the settings name a certificate
 
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="grpc"),
-        interceptors=list(interceptors),
+        interceptors=default_interceptors(settings, host) if interceptors is None else list(interceptors),
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -180,6 +198,9 @@ def build_server(
         spec = SERVICES[name]
         servicer = (servicers or {}).get(name) or spec.factory(settings)
         spec.add_to_server(servicer, server)
+    if proxied:
+        server.add_generic_rpc_handlers(tuple(proxied.values()))
+    names = [*names, *sorted(set(proxied or ()) - set(names))]
 
     health_servicer = health_servicer or health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -190,7 +211,10 @@ def build_server(
 
     address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(address)
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
     except RuntimeError as err:  # grpcio raises on bind failure; older versions returned 0
         raise OSError(f"cannot bind gRPC server to {address}: {err}") from None
     if bound == 0:
@@ -233,6 +257,9 @@ def serve(
             "port": bound,
             "metrics_port": metrics[1] if metrics else None,
             "services": names,
+            "tls": "mutual" if settings.tls_client_ca_file else bool(settings.tls_cert_file),
+            "auth": settings.auth_secret_file is not None,
+            "rate_limit_rps": settings.rate_limit_rps or None,
         },
     )
     try:
@@ -269,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         serve(settings, stop)
-    except OSError as err:
+    except (OSError, ValueError) as err:  # a busy port, an unreadable certificate, a too-short secret
         log.error("server failed to start", extra={"error": str(err)})
         return 1
     return 0

@@ -345,6 +345,36 @@ def label_to_proto(rec: LabelRecord) -> common_pb2.HipLabel:
     return label
 
 
+def label_from_proto(label: common_pb2.HipLabel) -> LabelRecord:
+    """The inverse of :func:`label_to_proto` (the gateway writes the labels GenerateService measured)."""
+    classes = {v: k for k, v in _HIP_CLASS.items()}
+    prov = label.provenance if label.HasField("provenance") else None
+    return LabelRecord(
+        file_name=label.file_name,
+        text=label.text,
+        na_left=label.na_left,
+        na_right=label.na_right,
+        left_head_x=label.left_head.x,
+        left_head_y=label.left_head.y,
+        right_head_x=label.right_head.x,
+        right_head_y=label.right_head.y,
+        left_rim_x=label.left_rim.x,
+        left_rim_y=label.left_rim.y,
+        right_rim_x=label.right_rim.x,
+        right_rim_y=label.right_rim.y,
+        left_radius=label.left_radius,
+        right_radius=label.right_radius,
+        class_left=classes.get(label.class_left, ""),
+        class_right=classes.get(label.class_right, ""),
+        grade_left=label.grade_left,
+        grade_right=label.grade_right,
+        synthetic=prov.synthetic if prov else None,
+        generator=(prov.generator or None) if prov else None,
+        model_version=(prov.model_version or None) if prov else None,
+        seed=prov.seed if prov and prov.HasField("seed") else None,
+    )
+
+
 def _record(m: Measurement, image: DecodedImage, options: AngleOptions, file_name: str) -> LabelRecord:
     """The label of one measurement; ValueError when the model's points make no measurable pair of hips
     (coinciding or non-finite points)."""
