@@ -34,6 +34,11 @@ class ModelNotFoundError(FileNotFoundError):
     """The named model is not in the repository (or has no version)."""
 
 
+class BackendUnavailableError(ConnectionError):
+    """A remote backend (a Triton server) cannot be reached or did not answer in time; the message names
+    its address. Not a ModelNotFoundError: the model may well be there once the server is back."""
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
