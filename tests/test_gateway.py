@@ -50,17 +50,17 @@ def model_address() -> Iterator[str]:
 
 
 def gateway_settings(tmp: Path, address: str, **kw: Any) -> Settings:
-    return Settings(
-        port=0,
-        metrics_port=0,
-        angle_address=address,
-        generate_address=address,
-        score_address=address,
-        dataset_db_url=f"sqlite:///{tmp}/jobs.db",
-        dataset_output_root=tmp,
-        score_data_root=tmp,
-        **kw,
-    )
+    values: dict[str, Any] = {
+        "port": 0,
+        "metrics_port": 0,
+        "angle_address": address,
+        "generate_address": address,
+        "score_address": address,
+        "dataset_db_url": f"sqlite:///{tmp}/jobs.db",
+        "dataset_output_root": tmp,
+        "score_data_root": tmp,
+    }
+    return Settings(**{**values, **kw})
 
 
 class Running:
