@@ -53,7 +53,7 @@ test: setup-train
 	exit $$rc
 
 run: setup
-	$(BIN)/python -m hipgen.demo
+	$(BIN)/python -m hipgen.demo $(ARGS)
 
 serve: setup
 	$(BIN)/python -m services.server

@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -41,10 +43,19 @@ COUNT = 24
 ANGLE_COUNT = 6  # phantoms measured through AngleService
 
 
-def _start_server(env: dict[str, str]) -> tuple[subprocess.Popen[str], int, list[str]]:
-    """Start the server process on a free port; return it, its port and its log lines so far."""
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_server(
+    env: dict[str, str], args: tuple[str, ...] = ("services.server",), ready: str = "server listening"
+) -> tuple[subprocess.Popen[str], int, list[str]]:
+    """Start a server process (``python -m <args>``) on a free port; return it, its port and its log
+    lines so far (it logs ``ready`` with the port once it serves)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.server", "--host", "127.0.0.1", "--port", "0"],
+        [sys.executable, "-m", *args, "--host", "127.0.0.1", "--port", "0"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -61,7 +72,7 @@ def _start_server(env: dict[str, str]) -> tuple[subprocess.Popen[str], int, list
                 rec = json.loads(line)
             except ValueError:
                 continue
-            if rec.get("msg") == "server listening":
+            if rec.get("msg") == ready:
                 found["port"] = int(rec["port"])
 
     threading.Thread(target=pump, daemon=True).start()
@@ -69,7 +80,7 @@ def _start_server(env: dict[str, str]) -> tuple[subprocess.Popen[str], int, list
     while "port" not in found:
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise SystemExit("server did not start:\n" + "\n".join(lines[-20:]))
+            raise SystemExit(f"{' '.join(args)} did not start:\n" + "\n".join(lines[-20:]))
         time.sleep(0.05)
     return proc, found["port"], lines
 
@@ -209,12 +220,13 @@ def _generate(port: int, out: Path) -> tuple[Table, list]:
     return table, images
 
 
-def _score(port: int, phantoms: Path, generated: list) -> Table:
+def _score(port: int, phantoms: Path, generated: list, views: Path) -> Table:
     """Score the generated PNGs (with their requested angles) against pelvis views cut from the phantoms
-    through ScoreService, sent inline. Raises :class:`AngleDemoError`."""
+    through ScoreService, sent inline; the views are also written to ``views``. Raises
+    :class:`AngleDemoError`."""
     from hipgen.api.v1 import common_pb2, score_pb2, score_pb2_grpc
     from hipgen.data.imagefolder import iter_imagefolder
-    from hipgen.data.images import encode_png
+    from hipgen.data.images import encode_png, write_atomic
     from hipgen.data.views import pelvis_view
 
     def png(name: str, data: bytes) -> common_pb2.Image:
@@ -224,6 +236,9 @@ def _score(port: int, phantoms: Path, generated: list) -> Table:
         png(rec.file_name, encode_png(pelvis_view(rad.pixels, rec.keypoints())[0]))
         for rec, rad in iter_imagefolder(phantoms)
     ]
+    views.mkdir(parents=True, exist_ok=True)  # the reference folder the dataset job is scored against
+    for img in real:
+        write_atomic(views / Path(img.file_name).name, img.data)
     synth = [png(g.image.file_name, g.image.data) for g in generated]
     conditions = [g.requested for g in generated]
     request = score_pb2.StreamScoreSetsRequest(
@@ -261,21 +276,119 @@ def _score(port: int, phantoms: Path, generated: list) -> Table:
     return table
 
 
+DATASET_COUNT = 32
+DATASET_RANGE = (80.0, 115.0)
+
+
+def _dataset_job(port: int, out: Path, reference: Path) -> tuple[Table, bool]:
+    """A dataset job through the gateway: 32 images over 80–115° (LCM-4), auto-labelled, written as an
+    image folder with a manifest, scored against ``reference``. Watched with a progress bar; returns the
+    summary table and whether everything checked out. Raises :class:`AngleDemoError`."""
+    from rich.progress import Progress
+
+    from hipgen.api.v1 import dataset_pb2, dataset_pb2_grpc, generate_pb2
+    from hipgen.data.manifest import verify_manifest
+
+    spec = dataset_pb2.DatasetJobSpec(
+        output_uri=out.resolve().as_uri(),
+        format=dataset_pb2.DATASET_FORMAT_IMAGEFOLDER,
+        count=DATASET_COUNT,
+        angles=dataset_pb2.AngleDistribution(
+            uniform=dataset_pb2.UniformAngles(low_deg=DATASET_RANGE[0], high_deg=DATASET_RANGE[1])
+        ),
+        seed=0,
+        sampler=generate_pb2.SAMPLER_LCM,
+        steps=4,
+        images_per_shard=8,
+        reference_uri=reference.resolve().as_uri(),
+        display_name="make run demo",
+    )
+    t0 = time.perf_counter()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = dataset_pb2_grpc.DatasetServiceStub(channel)
+        try:
+            job = stub.CreateDatasetJob(
+                dataset_pb2.CreateDatasetJobRequest(
+                    spec=spec, request_id=f"demo-{os.getpid()}-{time.time_ns()}"
+                ),
+                timeout=30,
+            ).job
+            with Progress(console=console, transient=True) as bar:
+                task = bar.add_task(f"dataset job {job.job_id[:8]}", total=DATASET_COUNT)
+                for event in stub.WatchDatasetJob(
+                    dataset_pb2.WatchDatasetJobRequest(job_id=job.job_id), timeout=600
+                ):
+                    job = event.job
+                    bar.update(task, completed=job.progress.images_done)
+        except grpc.RpcError as e:
+            raise AngleDemoError(f"DatasetService: {e.code().name}: {e.details()}") from None
+    dt = time.perf_counter() - t0
+    state = dataset_pb2.DatasetJobState.Name(job.state).removeprefix("DATASET_JOB_STATE_")
+    if state != "SUCCEEDED":
+        raise AngleDemoError(f"dataset job {job.job_id} ended {state}: {job.error.message}")
+    verified = verify_manifest(out)
+    report = json.loads((out / "score" / "report.json").read_text())
+    metrics = {m.get("name"): m.get("value", 0.0) for m in report.get("metrics", [])}
+    table = Table(title="DatasetService via the gateway: a 32-image dataset job", show_header=False)
+    table.add_row("job", job.job_id)
+    table.add_row("state", f"{state} in {dt:.1f} s ({DATASET_COUNT / dt:.1f} images/s)")
+    table.add_row("images", f"{job.progress.images_done} written in {job.progress.shards_done} shards")
+    table.add_row("requested NA", f"uniform {DATASET_RANGE[0]:.0f}–{DATASET_RANGE[1]:.0f}° per hip (LCM-4)")
+    table.add_row(
+        "fidelity (measured vs requested)",
+        f"r = {job.fidelity.pearson_r:.2f}, MAE = {job.fidelity.mae_deg:.1f}° ({job.fidelity.angles} angles)",
+    )
+    table.add_row(
+        "manifest", f"{job.manifest_uri} (sha256 check: {'OK' if verified.ok else verified.problems[:3]})"
+    )
+    if "error" in report:
+        table.add_row("score report", f"[red]{report['error']}[/red]")
+    else:
+        table.add_row("score report", f"{job.score_report_uri}")
+        table.add_row(
+            "FID / KID vs phantom views",
+            f"{metrics.get('fid', float('nan')):.2f} / {metrics.get('kid', float('nan')):.4f}",
+        )
+    return table, verified.ok and "error" not in report
+
+
 def _class_name(value: int) -> str:
     from hipgen.api.v1 import common_pb2
 
     return common_pb2.HipClass.Name(value).removeprefix("HIP_CLASS_").lower()
 
 
-def main() -> int:
+SERVICE_PROCESSES = ("angle", "generate", "score")
+
+
+def _stop(procs: list[subprocess.Popen[str]]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
     from hipgen.phantom.dataset import write_phantom_set
     from hipgen.phantom.figure import write_sample_grid
+
+    parser = argparse.ArgumentParser(prog="python -m hipgen.demo", description="make run: the hipgen demo")
+    parser.add_argument("--once", action="store_true", help="stop the servers after the demo")
+    args = parser.parse_args(argv)
 
     settings = get_settings()
     out = Path(settings.out_dir)
     data = out / "phantoms"
-    if data.exists():
-        shutil.rmtree(data)  # the demo's own output: start clean so the manifest matches
+    for own in (data, out / "dataset", out / "phantom_views"):  # the demo's own outputs: start clean
+        if own.exists():
+            shutil.rmtree(own)
+    for db in out.glob("demo-datasets.db*"):
+        db.unlink()
     console.rule("[bold]hipgen demo")
     t0 = time.perf_counter()
     with console.status(f"rendering {COUNT} labelled phantoms"):
@@ -285,8 +398,34 @@ def main() -> int:
     recs = [f.record for f in manifest.files if f.record is not None]
     console.print(f"rendered {len(recs)} phantoms in {dt:.1f} s ({len(recs) / dt:.1f} images/s)")
 
-    env = {**os.environ, "HIPGEN_METRICS_PORT": "0", "HIPGEN_GRACE_PERIOD_S": "2"}
-    proc, port, _ = _start_server(env)
+    # one process per service, as deployed, and the gateway in front of them
+    base = {**os.environ, "HIPGEN_GRACE_PERIOD_S": "2", "HIPGEN_SCORE_DATA_ROOT": str(out.resolve())}
+    procs: list[subprocess.Popen[str]] = []
+    addresses: dict[str, str] = {}
+    metrics: dict[str, int] = {}
+    try:
+        with console.status("starting angle, generate and score servers and the gateway"):
+            for name in SERVICE_PROCESSES:
+                metrics[name] = _free_port()
+                env = {**base, "HIPGEN_METRICS_PORT": str(metrics[name])}
+                proc, svc_port, _ = _start_server(env, ("services.server", "--services", name))
+                procs.append(proc)
+                addresses[name] = f"127.0.0.1:{svc_port}"
+            metrics["gateway"] = _free_port()
+            gw_env = {
+                **base,
+                "HIPGEN_METRICS_PORT": str(metrics["gateway"]),
+                "HIPGEN_ANGLE_ADDRESS": addresses["angle"],
+                "HIPGEN_GENERATE_ADDRESS": addresses["generate"],
+                "HIPGEN_SCORE_ADDRESS": addresses["score"],
+                "HIPGEN_DATASET_DB_URL": f"sqlite:///{(out / 'demo-datasets.db').resolve()}",
+                "HIPGEN_DATASET_OUTPUT_ROOT": str(out.resolve()),
+            }
+            proc, port, _ = _start_server(gw_env, ("services.gateway",), "gateway listening")
+            procs.append(proc)
+    except BaseException:
+        _stop(procs)
+        raise
     angle_entries = [f for f in manifest.files if f.record is not None][:ANGLE_COUNT]
     overlays = out / "angle_overlays"
     if overlays.exists():
@@ -294,7 +433,8 @@ def main() -> int:
     generated = out / "generated"
     if generated.exists():
         shutil.rmtree(generated)
-    angle_error = generate_error = score_error = None
+    angle_error = generate_error = score_error = dataset_error = None
+    dataset_ok = False
     try:
         rows = _probe(port)
         try:
@@ -307,18 +447,20 @@ def main() -> int:
             generate_error = str(e)
         if generate_error is None:
             try:
-                score_table = _score(port, data, generated_images)
+                score_table = _score(port, data, generated_images, out / "phantom_views")
             except AngleDemoError as e:
                 score_error = str(e)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        if score_error is None and generate_error is None:
+            try:
+                dataset_table, dataset_ok = _dataset_job(port, out / "dataset", out / "phantom_views")
+            except AngleDemoError as e:
+                dataset_error = str(e)
+    except BaseException:
+        _stop(procs)
+        raise
 
-    table = Table(title="gRPC server (python -m services.server)")
-    for col in ("service", "health", "first RPC"):
+    table = Table(title=f"gateway 127.0.0.1:{port} (python -m services.gateway) → one server per service")
+    for col in ("service", "health", "first RPC (an empty request)"):
         table.add_column(col)
     for row in rows:
         table.add_row(*row)
@@ -343,6 +485,10 @@ def main() -> int:
         console.print(score_table)
     elif score_error is not None:
         console.print(f"[red]ScoreService failed:[/red] {score_error}", highlight=False, soft_wrap=True)
+    if dataset_error is not None:
+        console.print(f"[red]DatasetService failed:[/red] {dataset_error}", highlight=False, soft_wrap=True)
+    elif generate_error is None and score_error is None:
+        console.print(dataset_table)
 
     where = Table(title="what is where", show_header=False)
     where.add_row("phantom data set", f"{data}/ (PNG + metadata.csv + phantom_specs.jsonl + manifest.json)")
@@ -351,7 +497,12 @@ def main() -> int:
         where.add_row("angle overlays", f"{overlays}/ ({len(angle_entries)} PNGs from AngleService)")
     if generate_error is None:
         where.add_row("generated", f"{generated}/ (PNGs marked synthetic, labelled by the angle model)")
-    where.add_row("server", f"127.0.0.1:{port} (stopped; `make serve` keeps one running on :{settings.port})")
+    if dataset_error is None and generate_error is None and score_error is None:
+        where.add_row("dataset job", f"{out / 'dataset'}/ (manifest.json, metadata.csv, score/report.json)")
+    where.add_row("gateway", f"127.0.0.1:{port} (gRPC; health, reflection)")
+    for name in SERVICE_PROCESSES:
+        where.add_row(f"{name} server", addresses[name])
+    where.add_row("/metrics", ", ".join(f"{n} :{p}" for n, p in metrics.items()))
     small = sum(r.class_left == "small" or r.class_right == "small" for r in recs)
     where.add_row(
         "labels",
@@ -366,8 +517,22 @@ def main() -> int:
         and angle_error is None
         and generate_error is None
         and score_error is None
+        and dataset_error is None
+        and dataset_ok
     )
     console.print("[green]demo OK[/green]" if ok else "[red]demo found a problem[/red]")
+    if ok and not args.once:
+        console.print(
+            f"serving: gateway 127.0.0.1:{port} — try `hipgen dataset list --target 127.0.0.1:{port}`; "
+            "Ctrl-C stops everything",
+            highlight=False,
+        )
+        stop = threading.Event()
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        while not stop.wait(0.5) and all(p.poll() is None for p in procs):
+            pass
+    _stop(procs)
     return 0 if ok else 1
 
 

@@ -88,9 +88,25 @@ def score_servicer(settings: Settings) -> score_pb2_grpc.ScoreServiceServicer:
     return servicer
 
 
+class GatewayOnlyDatasetService(dataset_pb2_grpc.DatasetServiceServicer):
+    """DatasetService here answers UNIMPLEMENTED with a pointer: dataset jobs need the gateway's job
+    database and runner, so the gateway (``python -m services.gateway``) serves them."""
+
+
+def _gateway_only(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    context.abort(
+        grpc.StatusCode.UNIMPLEMENTED, "DatasetService is served by the gateway (python -m services.gateway)"
+    )
+
+
+for _method in dataset_pb2.DESCRIPTOR.services_by_name["DatasetService"].methods:
+    setattr(GatewayOnlyDatasetService, _method.name, _gateway_only)
+
+
 def dataset_servicer(settings: Settings) -> dataset_pb2_grpc.DatasetServiceServicer:
-    """DatasetService (UNIMPLEMENTED until the dataset-job issue lands)."""
-    return dataset_pb2_grpc.DatasetServiceServicer()
+    """DatasetService belongs to the gateway (:mod:`services.gateway.server`); see
+    :class:`GatewayOnlyDatasetService`."""
+    return GatewayOnlyDatasetService()
 
 
 @dataclass(frozen=True)
@@ -280,11 +296,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", help="bind address (default: HIPGEN_HOST, 127.0.0.1)")
     parser.add_argument("--port", type=int, help="gRPC port, 0 for a free one (default: HIPGEN_PORT, 50051)")
     parser.add_argument("--config", help="TOML settings file (default: HIPGEN_CONFIG)")
+    parser.add_argument(
+        "--services",
+        help="comma-separated services to carry, e.g. `angle` or `generate,score` (default: all); one per "
+        "deployment, with the gateway in front",
+    )
     args = parser.parse_args(argv)
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = get_settings(args.config, **overrides)
     configure_logging(settings)
+    services = None
+    if args.services:
+        short = {name.rsplit(".", 1)[-1].removesuffix("Service").lower(): name for name in SERVICES}
+        unknown = [n for n in args.services.split(",") if n.strip().lower() not in short]
+        if unknown:
+            parser.error(f"unknown service(s) {unknown}; choose from {', '.join(sorted(short))}")
+        services = [short[n.strip().lower()] for n in args.services.split(",")]
 
     stop = threading.Event()
 
@@ -295,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        serve(settings, stop)
+        serve(settings, stop, services=services)
     except (OSError, ValueError) as err:  # a busy port, an unreadable certificate, a too-short secret
         log.error("server failed to start", extra={"error": str(err)})
         return 1

@@ -14,11 +14,11 @@ def test_demo_renders_starts_server_and_reports(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("HIPGEN_")}
     env["HIPGEN_OUT_DIR"] = str(tmp_path / "out")
     done = subprocess.run(
-        [sys.executable, "-m", "hipgen.demo"],
+        [sys.executable, "-m", "hipgen.demo", "--once"],
         env=env,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=400,
         cwd=Path(__file__).resolve().parents[1],
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -36,3 +36,9 @@ def test_demo_renders_starts_server_and_reports(tmp_path: Path):
     assert "ScoreService: 6 generated vs 24 phantom views" in done.stdout
     assert "backbone angle_locator" in done.stdout
     assert "angle MAE (left)" in done.stdout
+    # the dataset job through the gateway: exactly 32 images with sha256, scored against the views
+    dataset = tmp_path / "out" / "dataset"
+    assert "DatasetService via the gateway: a 32-image dataset job" in done.stdout
+    assert verify_manifest(dataset).ok and len(list(dataset.glob("*.png"))) == 32
+    assert (dataset / "score" / "report.json").is_file()
+    assert "sha256 check: OK" in done.stdout and "fidelity (measured vs requested)" in done.stdout

@@ -362,7 +362,9 @@ class JobRunner:
             log.warning("scoring failed", extra={"job_id": job_id, "code": e.code().name})
             report = {"error": {"code": e.code().name, "message": e.details()}}
         else:
-            report = json_format.MessageToDict(resp, preserving_proto_field_name=True)
+            report = json_format.MessageToDict(
+                resp, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            )
         attach_file(dest, SCORE_REPORT, (json.dumps(report, indent=1) + "\n").encode())
         return dest.uri_of(SCORE_REPORT)
 
