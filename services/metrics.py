@@ -289,3 +289,39 @@ __all__ = [
     "split_method",
     "wrap_behavior",
 ]
+
+
+# --- inference time per model ------------------------------------------------------------------------
+INFERENCE_SECONDS = Histogram(
+    "hipgen_inference_seconds",
+    "Seconds of one backend inference call, by model and backend (ort: in-process, triton: remote).",
+    ["model", "backend"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+INFERENCE_ERRORS = Counter(
+    "hipgen_inference_errors",
+    "Backend inference calls that raised, by model and backend.",
+    ["model", "backend"],
+)
+
+
+class InstrumentedBackend:
+    """A :class:`hipgen.inference.backend.Backend` that times every ``infer`` per model. A wrapper here
+    rather than inside the backends: ``hipgen.inference`` stays free of prometheus-client, which only
+    the servers install."""
+
+    def __init__(self, inner: Any, kind: str) -> None:
+        self.inner, self.kind = inner, kind
+
+    def infer(self, model: str, inputs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return self.inner.infer(model, inputs)
+        except Exception:
+            INFERENCE_ERRORS.labels(model, self.kind).inc()
+            raise
+        finally:
+            INFERENCE_SECONDS.labels(model, self.kind).observe(time.perf_counter() - t0)
+
+    def __getattr__(self, name: str) -> Any:  # ready, model_info, repository, ...
+        return getattr(self.inner, name)

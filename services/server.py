@@ -45,6 +45,14 @@ from services.tls import server_credentials
 log = logging.getLogger("services.server")
 
 
+def _backend(settings: Settings) -> Any:
+    """The configured backend (``make_backend``), timed per model for ``/metrics``."""
+    from hipgen.inference import make_backend
+    from services.metrics import InstrumentedBackend
+
+    return InstrumentedBackend(make_backend(settings), settings.backend)
+
+
 # --- servicer factories: one per service; each issue replaces its own ---------------------------------
 def angle_servicer(settings: Settings) -> angle_pb2_grpc.AngleServiceServicer:
     """AngleService on the backend ``settings.backend`` names (``hipgen.inference.make_backend``), measuring
@@ -55,10 +63,9 @@ def angle_servicer(settings: Settings) -> angle_pb2_grpc.AngleServiceServicer:
     answers FAILED_PRECONDITION naming the missing model.
     """
     from hipgen.angle.measure import DEFAULT_ANGLE_MODEL
-    from hipgen.inference import make_backend
     from services.angle import AngleServicer
 
-    servicer = AngleServicer(make_backend(settings), DEFAULT_ANGLE_MODEL, settings)
+    servicer = AngleServicer(_backend(settings), DEFAULT_ANGLE_MODEL, settings)
     servicer.warm_up()
     return servicer
 
@@ -67,10 +74,9 @@ def generate_servicer(settings: Settings) -> generate_pb2_grpc.GenerateServiceSe
     """GenerateService on the backend the settings name: ``generator_ddpm`` (DDPM/DDIM) and
     ``generator_lcm`` (LCM), labelled by the default angle model. Models load now; without them the
     server still starts and Generate answers FAILED_PRECONDITION naming the missing model."""
-    from hipgen.inference import make_backend
     from services.generate import GenerateServicer
 
-    servicer = GenerateServicer(make_backend(settings), settings)
+    servicer = GenerateServicer(_backend(settings), settings)
     servicer.warm_up()
     return servicer
 
@@ -80,10 +86,9 @@ def score_servicer(settings: Settings) -> score_pb2_grpc.ScoreServiceServicer:
     default angle_locator domain encoder, or exported ImageNet backbones), the default angle model for
     angle fidelity. Models load now; without them the server still starts and ScoreSets answers
     FAILED_PRECONDITION."""
-    from hipgen.inference import make_backend
     from services.score import ScoreServicer
 
-    servicer = ScoreServicer(make_backend(settings), settings)
+    servicer = ScoreServicer(_backend(settings), settings)
     servicer.warm_up()
     return servicer
 

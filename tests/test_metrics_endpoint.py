@@ -162,8 +162,11 @@ def test_counters_histograms_and_codes_of_unary_and_streaming_rpcs(served: tuple
         ]
         == 0
     )
-    # the angle servicer's own metrics are on the same endpoint
+    # the angle servicer's own metrics are on the same endpoint, and inference time per model
     assert "hipgen_angle_inference_seconds_bucket" in text
+    for model in ("angle_locator", "angle_keypoints"):
+        timed = frozenset({"model": model, "backend": "ort"}.items())
+        assert _delta(before, after, "hipgen_inference_seconds_count", timed) >= 1, model
 
 
 def test_bidi_stream_counts_messages_both_ways(served: tuple[grpc.Channel, int]):
