@@ -863,8 +863,8 @@ def version() -> None:
 
 
 # registers generate, distill, export/evaluate generator; experiment augment, views, report, export backbone
-# token secret, token create
-from hipgen import cli_generate, cli_score, cli_token  # noqa: E402, F401
+# token secret, token create; dataset create/watch/get/list/cancel
+from hipgen import cli_dataset, cli_generate, cli_score, cli_token  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

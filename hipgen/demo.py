@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import grpc
@@ -49,7 +50,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start_server(
+def start_server_process(
     env: dict[str, str], args: tuple[str, ...] = ("services.server",), ready: str = "server listening"
 ) -> tuple[subprocess.Popen[str], int, list[str]]:
     """Start a server process (``python -m <args>``) on a free port; return it, its port and its log
@@ -61,7 +62,9 @@ def _start_server(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    lines: list[str] = []
+    lines: deque[str] = deque(
+        maxlen=200
+    )  # the last log lines, for the error message (a server may run for days)
     found: dict[str, int] = {}
 
     def pump() -> None:
@@ -76,13 +79,13 @@ def _start_server(
                 found["port"] = int(rec["port"])
 
     threading.Thread(target=pump, daemon=True).start()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90  # models load first; a busy 2-core machine is slow
     while "port" not in found:
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise SystemExit(f"{' '.join(args)} did not start:\n" + "\n".join(lines[-20:]))
+            raise SystemExit(f"{' '.join(args)} did not start:\n" + "\n".join(list(lines)[-20:]))
         time.sleep(0.05)
-    return proc, found["port"], lines
+    return proc, found["port"], list(lines)
 
 
 def _probe(port: int) -> list[tuple[str, str, str]]:
@@ -408,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in SERVICE_PROCESSES:
                 metrics[name] = _free_port()
                 env = {**base, "HIPGEN_METRICS_PORT": str(metrics[name])}
-                proc, svc_port, _ = _start_server(env, ("services.server", "--services", name))
+                proc, svc_port, _ = start_server_process(env, ("services.server", "--services", name))
                 procs.append(proc)
                 addresses[name] = f"127.0.0.1:{svc_port}"
             metrics["gateway"] = _free_port()
@@ -421,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                 "HIPGEN_DATASET_DB_URL": f"sqlite:///{(out / 'demo-datasets.db').resolve()}",
                 "HIPGEN_DATASET_OUTPUT_ROOT": str(out.resolve()),
             }
-            proc, port, _ = _start_server(gw_env, ("services.gateway",), "gateway listening")
+            proc, port, _ = start_server_process(gw_env, ("services.gateway",), "gateway listening")
             procs.append(proc)
     except BaseException:
         _stop(procs)

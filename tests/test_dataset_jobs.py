@@ -26,6 +26,7 @@ from test_gateway import MODEL_SERVICES, Running, gateway_settings, spec, wait_f
 from hipgen.api.v1 import dataset_pb2, dataset_pb2_grpc
 from hipgen.data.manifest import read_manifest, verify_manifest
 from hipgen.dataset.spec import AngleSpec, JobSpec
+from hipgen.demo import start_server_process
 from hipgen.settings import Settings
 from services.gateway.kube import KubeOptions, build_indexed_job, job_manifest, job_status
 from services.gateway.store import JobStore
@@ -85,7 +86,6 @@ def test_angle_distributions_draw_what_they_say() -> None:
 def start_gateway(tmp: Path, address: str, db: str) -> tuple[subprocess.Popen[str], int]:
     env = {
         **os.environ,
-        "HIPGEN_PORT": "0",
         "HIPGEN_METRICS_PORT": "0",
         "HIPGEN_ANGLE_ADDRESS": address,
         "HIPGEN_GENERATE_ADDRESS": address,
@@ -95,23 +95,8 @@ def start_gateway(tmp: Path, address: str, db: str) -> tuple[subprocess.Popen[st
         "HIPGEN_DATASET_SHARD_WORKERS": "1",
         "HIPGEN_LOG_FORMAT": "json",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.gateway"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.monotonic() + 60
-    assert proc.stderr is not None
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("msg") == "gateway listening":
-            return proc, int(rec["port"])
-    proc.kill()
-    raise AssertionError("the gateway did not start")
+    proc, port, _ = start_server_process(env, ("services.gateway",), "gateway listening")
+    return proc, port
 
 
 def test_killed_gateway_resumes_the_job_and_writes_exactly_count_images(
