@@ -137,8 +137,9 @@ class Settings(BaseSettings):
     )
     downstream_token_file: Path | None = Field(
         None,
-        description="File with the bearer token the gateway and shard workers send to the services for "
-        "their own calls (dataset jobs); proxied calls forward the caller's token. Unset: none.",
+        description="File with the bearer token the gateway and shard workers send to the services. Set: "
+        "every call upstream, proxied ones too, carries it (the gateway has checked the caller's). Unset: "
+        "proxied calls forward the caller's token, the gateway's own calls send none.",
     )
     downstream_ca_file: Path | None = Field(
         None, description="CA bundle to verify the services' TLS certificates; unset: plaintext channels."

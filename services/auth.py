@@ -17,11 +17,12 @@ serving that way on any other address logs a warning.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import time
 from collections import namedtuple
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,14 @@ LEEWAY_S = 10.0  # clock skew tolerated on exp/iat between the minting and the s
 
 #: The authenticated client id (token subject) of the RPC this thread is serving; ``None`` without one.
 client_id_var: ContextVar[str | None] = ContextVar("hipgen_client_id", default=None)
+#: The scopes of that token (the gateway lets ``admin`` see every client's dataset jobs).
+scopes_var: ContextVar[frozenset[str] | None] = ContextVar("hipgen_scopes", default=None)
+
+
+@contextlib.contextmanager
+def _bound_principal(principal: Principal) -> Iterator[None]:
+    with bound_var(client_id_var, principal.subject), bound_var(scopes_var, principal.scopes):
+        yield
 
 
 def is_exempt(method: str) -> bool:
@@ -186,10 +195,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
         def wrap(behavior: Behavior, handler: grpc.RpcMethodHandler) -> Behavior:
             def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
                 principal = self._authorize(context, method, scope)
-                with bound_var(client_id_var, principal.subject):
+                with bound_var(client_id_var, principal.subject), bound_var(scopes_var, principal.scopes):
                     result = behavior(request, context)
                 if handler.response_streaming:
-                    return iterate_bound(result, lambda: bound_var(client_id_var, principal.subject))
+                    return iterate_bound(result, lambda: _bound_principal(principal))
                 return result
 
             return wrapped

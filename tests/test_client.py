@@ -172,7 +172,13 @@ def test_sync_client_measures_generates_and_runs_a_dataset_job(gateway: tuple[st
         kw: dict[str, Any] = {"count": 4, "na_range": (80, 115), "sampler": "lcm", "seed": 3}
         job = c.create_dataset_job(output_uri=out, images_per_shard=2, request_id="sync-1", **kw)
         assert job.state == "QUEUED" and job.count == 4 and job.output_uri == f"file://{out}"
-        assert c.create_dataset_job(output_uri=out, request_id="sync-1", **kw).job_id == job.job_id
+        assert (
+            c.create_dataset_job(output_uri=out, images_per_shard=2, request_id="sync-1", **kw).job_id
+            == job.job_id
+        )
+        with pytest.raises(ClientError) as err:  # the same key for another spec is a client bug, not a retry
+            c.create_dataset_job(output_uri=out, request_id="sync-1", **kw)
+        assert err.value.code_name == "ALREADY_EXISTS"
         updates = list(c.watch_dataset_job(job.job_id))
         final = updates[-1]
         assert final.state == "SUCCEEDED" and final.done, final.error_message

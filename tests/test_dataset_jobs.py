@@ -439,3 +439,62 @@ def test_gateway_runs_a_job_with_its_state_in_postgresql(
     finally:
         run.close()
     assert verify_manifest(out).ok
+
+
+def test_a_gateway_killed_after_the_manifest_does_not_redo_the_job(
+    tmp_path: Path, model_address: str
+) -> None:
+    """The window between writing the manifest and recording SUCCEEDED: a restart finishes the job from
+    the manifest (no image is generated again) instead of running every shard anew."""
+    db = f"sqlite:///{tmp_path}/jobs.db"
+    run = Running(gateway_settings(tmp_path, model_address, dataset_db_url=db))
+    out = tmp_path / "done"
+    try:
+        job = run.datasets.CreateDatasetJob(
+            dataset_pb2.CreateDatasetJobRequest(spec=spec(f"file://{out}", count=4)), timeout=T
+        ).job
+        assert wait_final(run.datasets, job.job_id).state == dataset_pb2.DATASET_JOB_STATE_SUCCEEDED
+    finally:
+        run.close()
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    store = JobStore(db)
+    store.update(job.job_id, state="RUNNING", end_time=None)  # as if killed before recording SUCCEEDED
+    store.close()
+    run = Running(gateway_settings(tmp_path, model_address, dataset_db_url=db))
+    try:
+        final = wait_final(run.datasets, job.job_id)
+    finally:
+        run.close()
+    assert final.state == dataset_pb2.DATASET_JOB_STATE_SUCCEEDED and final.progress.images_done == 4
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")} == mtimes
+    assert verify_manifest(out).ok
+
+
+def test_webdataset_with_a_test_split_logs_each_file_with_its_own_request(
+    tmp_path: Path, model_address: str
+) -> None:
+    run = Running(gateway_settings(tmp_path, model_address))
+    out = tmp_path / "wds-split"
+    try:
+        job = run.datasets.CreateDatasetJob(
+            dataset_pb2.CreateDatasetJobRequest(
+                spec=spec(
+                    f"file://{out}",
+                    count=8,
+                    images_per_shard=8,
+                    test_fraction=0.5,
+                    format=dataset_pb2.DATASET_FORMAT_WEBDATASET,
+                )
+            ),
+            timeout=T,
+        ).job
+        assert wait_final(run.datasets, job.job_id).state == dataset_pb2.DATASET_JOB_STATE_SUCCEEDED
+    finally:
+        run.close()
+    manifest = read_manifest(out)
+    assert set(manifest.split_counts) == {"train", "test"}  # two tars: samples grouped by split
+    plan = JobSpec.from_json(json.dumps(manifest.provenance["spec"])).shard_plan(0)
+    logged = [json.loads(line) for line in (out / "generation.jsonl").read_text().splitlines()]
+    assert [r["file_name"] for r in logged] == [f"{i:06d}.png" for i in range(8)]
+    for row, want in zip(logged, plan.angles.tolist(), strict=True):
+        assert (row["requested_na_left"], row["requested_na_right"]) == pytest.approx(tuple(want))

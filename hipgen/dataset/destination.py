@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from hipgen.data.images import write_atomic
 
@@ -34,8 +35,8 @@ class Destination:
         self.uri = uri.rstrip("/")
         parsed = urlparse(uri)
         self.scheme = parsed.scheme or "file"
-        if self.scheme == "file":
-            self.local_root: Path | None = Path(parsed.path if parsed.scheme else uri)
+        if self.scheme == "file":  # percent-decoded: Path.as_uri() writes a space as %20
+            self.local_root: Path | None = Path(url2pathname(parsed.path) if parsed.scheme else uri)
             self._fs = None
             self._prefix = ""
         elif self.scheme == "s3":

@@ -19,6 +19,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -79,11 +80,11 @@ class ShardRecord:
 
     shard: int
     entries: list[FileEntry]
-    requested: list[tuple[float, float]]  # per image, in image order
+    requested: list[tuple[float, float]]  # per image, in image order (``names``)
     measured: list[tuple[float, float]] | None  # None: not measured
     rejected: int = 0
     out_of_tolerance: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)  # file stems in image order (writers may group by split)
 
     @property
     def images(self) -> int:
@@ -102,6 +103,7 @@ class ShardRecord:
                 "measured": self.measured,
                 "rejected": self.rejected,
                 "out_of_tolerance": self.out_of_tolerance,
+                "names": self.names,
             }
         ).encode()
 
@@ -115,6 +117,7 @@ class ShardRecord:
             measured=None if d["measured"] is None else [tuple(a) for a in d["measured"]],
             rejected=int(d["rejected"]),
             out_of_tolerance=int(d["out_of_tolerance"]),
+            names=[str(n) for n in d.get("names", ())],
         )
 
 
@@ -138,10 +141,16 @@ def write_shard(
     opts: dict[str, Any] = {"prefix": f"shard-{shard:06d}"} if spec.format == "webdataset" else {}
     with dest.staging() as root:
         writer = WRITERS[spec.format](root, **opts)
-        for k in kept:
-            writer.add(replace(k.record, file_name=file_stem(k.index)), k.pixels, split=k.split)
-        if spec.format == "webdataset":
-            writer.close()  # finishes the shard's tar; the image-folder close would write metadata.csv
+        try:
+            for k in kept:
+                writer.add(replace(k.record, file_name=file_stem(k.index)), k.pixels, split=k.split)
+            if spec.format == "webdataset":
+                writer.close()  # finishes the shard's tar; the image-folder close would write metadata.csv
+        except BaseException:
+            abort = getattr(writer, "abort", None)
+            if abort is not None:
+                abort()  # no open tar or temp file left behind
+            raise
         entries = list(writer.entries)
         if rejected:
             lines = "".join(json.dumps(r.to_dict()) + "\n" for r in rejected).encode()
@@ -156,6 +165,7 @@ def write_shard(
         else [(k.record.na_left, k.record.na_right) for k in kept],
         rejected=len(rejected),
         out_of_tolerance=sum(not k.within_tolerance for k in kept),
+        names=[file_stem(k.index) for k in kept],
     )
     dest.put(shard_record_path(shard), record.to_json())
     return record
@@ -202,10 +212,8 @@ def finalize(
     """Merge every shard record into the manifest (see the module docstring). ``partial`` (a cancelled
     job): list the shards that finished, however many. Idempotent: after a crash between writing the
     manifest and cleaning up, running it again finds the manifest and only cleans up."""
-    if not partial and dest.exists(MANIFEST_NAME) and read_shard_record(dest, 0) is None:
-        for s in range(spec.shard_count):  # a crash came after the manifest: only the clean-up is left
-            dest.remove(shard_record_path(s))
-        dest.sweep_temp_files()
+    if not partial and finished_manifest(dest, provenance.get("dataset_job")):
+        _clean_up(dest, spec)  # a crash came after the manifest: only the clean-up is left
         return _result_of(dest, spec)
     records = [read_shard_record(dest, s) for s in range(spec.shard_count)]
     missing = [s for s, r in enumerate(records) if r is None]
@@ -224,9 +232,13 @@ def finalize(
     extra: list[tuple[str, bytes]] = []
     if spec.format in ("imagefolder", "classfolders"):
         extra.append((METADATA_NAME, encode_csv(images)))
+    # requested angles by stored name, in image order (a writer may group files by split, so the
+    # records' order is not the images' order)
+    stored = {Path(rec.file_name).stem: rec.file_name for rec in images}
     log = "".join(
-        json.dumps({"file_name": rec.file_name, "requested_na_left": a[0], "requested_na_right": a[1]}) + "\n"
-        for rec, a in zip(images, requested.tolist(), strict=True)
+        json.dumps({"file_name": stored[name], "requested_na_left": a[0], "requested_na_right": a[1]}) + "\n"
+        for r in records_
+        for name, a in zip(r.names, r.requested, strict=True)
     )
     extra.append((GENERATION_LOG, log.encode()))
     for rel, data in extra:
@@ -240,13 +252,36 @@ def finalize(
     }
     if all(r.measured is not None for r in records_) and records_:
         measured = np.asarray([a for r in records_ for a in (r.measured or [])], float)
-        provenance["fidelity"] = asdict(Fidelity.of(requested, measured))
+        fid = asdict(Fidelity.of(requested, measured))
+        provenance["fidelity"] = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in fid.items()
+        }
     manifest = Manifest(spec.format, [*entries, *(_entry(rel, data) for rel, data in extra)], provenance)
     _put_manifest(dest, manifest)
+    _clean_up(dest, spec)
+    return _result_of(dest, spec, manifest)
+
+
+JOB_MARKER = f"{SHARDS_DIR}/job.json"  # claims the destination for one job from its creation on
+
+
+def finished_manifest(dest: Destination, job_id: str | None) -> bool:
+    """Whether ``dest`` holds the complete manifest of job ``job_id`` (finalising already happened)."""
+    data = dest.get(MANIFEST_NAME)
+    if data is None:
+        return False
+    try:
+        prov = json.loads(data).get("provenance") or {}
+    except ValueError:
+        return False
+    return bool(prov.get("complete")) and (job_id is None or prov.get("dataset_job") == job_id)
+
+
+def _clean_up(dest: Destination, spec: JobSpec) -> None:
     for s in range(spec.shard_count):
         dest.remove(shard_record_path(s))
+    dest.remove(JOB_MARKER)
     dest.sweep_temp_files()
-    return _result_of(dest, spec, manifest)
 
 
 def _put_manifest(dest: Destination, manifest: Manifest) -> None:
@@ -264,6 +299,7 @@ def _result_of(dest: Destination, spec: JobSpec, manifest: Manifest | None = Non
     manifest = manifest or _read_manifest(dest)
     p = manifest.provenance
     fid = p.get("fidelity")
+    fid = {k: (math.nan if v is None else v) for k, v in fid.items()} if fid else None  # JSON null = NaN
     return FinalResult(
         manifest,
         Fidelity(**fid) if fid else None,
@@ -289,8 +325,10 @@ __all__ = [
     "KeptImage",
     "RejectedAttempt",
     "ShardRecord",
+    "JOB_MARKER",
     "attach_file",
     "finalize",
+    "finished_manifest",
     "read_shard_record",
     "shard_record_path",
     "write_shard",

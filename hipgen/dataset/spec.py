@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -29,6 +30,10 @@ SAMPLERS = ("ddpm", "ddim", "lcm")
 DEFAULT_IMAGES_PER_SHARD = 32
 MAX_IMAGES_PER_SHARD = 1024
 SEED_SPACE = 1 << 62  # shard seeds stay far below uint64's top, so seed + k never wraps
+MAX_LIST = 10_000  # angle pairs in a list distribution (the spec travels in every job row and pod env)
+MAX_STEPS = 1000  # denoising steps (DDPM's full chain)
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 2048  # pixels, as GenerateService takes them
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
 
 class SpecError(FieldError):
@@ -73,11 +78,12 @@ class AngleSpec:
                     )
                 )
         elif self.kind == "list":
-            if not self.conditions:
-                bad.append(SpecError(f"{prefix}.list.conditions", "give at least one angle pair"))
-            for i, (left, right) in enumerate(self.conditions[:1000]):
-                in_range(f"list.conditions[{i}].na_left_deg", left)
-                in_range(f"list.conditions[{i}].na_right_deg", right)
+            if not 1 <= len(self.conditions) <= MAX_LIST:
+                bad.append(SpecError(f"{prefix}.list.conditions", f"give 1 to {MAX_LIST} angle pairs"))
+            else:
+                for i, (left, right) in enumerate(self.conditions):
+                    in_range(f"list.conditions[{i}].na_left_deg", left)
+                    in_range(f"list.conditions[{i}].na_right_deg", right)
         elif self.kind == "histogram":
             e, w = np.asarray(self.edges, float), np.asarray(self.weights, float)
             if len(e) < 2 or len(w) != len(e) - 1:
@@ -152,6 +158,20 @@ class JobSpec:
             bad.append(SpecError("spec.output_uri", "give a file:// or s3:// folder URI"))
         elif uri.scheme == "s3" and not uri.netloc:
             bad.append(SpecError("spec.output_uri", "an s3:// URI needs a bucket"))
+        elif uri.query or uri.fragment or "#" in self.output_uri:
+            bad.append(
+                SpecError("spec.output_uri", "a folder URI takes no query or fragment (percent-encode '#')")
+            )
+        elif uri.scheme == "file" and uri.netloc not in ("", "localhost"):
+            bad.append(
+                SpecError("spec.output_uri", "a file:// URI names a local folder: file:///absolute/path")
+            )
+        if self.executor == "kubernetes" and uri.scheme == "file":
+            bad.append(
+                SpecError(
+                    "spec.executor", "Kubernetes workers cannot see the gateway's disk: give an s3:// output"
+                )
+            )
         if self.format not in FORMATS:
             bad.append(SpecError("spec.format", f"choose one of {', '.join(FORMATS)}"))
         if not 1 <= self.count <= max_images:
@@ -181,6 +201,16 @@ class JobSpec:
                 bad.append(
                     SpecError("spec.reference_uri", "scoring reads image files; webdataset tars are not")
                 )
+        if not 0 <= self.steps <= MAX_STEPS:
+            bad.append(SpecError("spec.steps", f"give 0 (the sampler's default) to {MAX_STEPS}"))
+        if self.image_size and not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
+            bad.append(
+                SpecError(
+                    "spec.image_size", f"give 0 (native) or {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels"
+                )
+            )
+        if self.model_name and not MODEL_NAME.fullmatch(self.model_name):
+            bad.append(SpecError("spec.model_name", "a model name (letters, digits, _ . -), never a path"))
         if len(self.display_name) > 200:
             bad.append(SpecError("spec.display_name", "at most 200 characters"))
         return bad

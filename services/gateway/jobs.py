@@ -10,6 +10,7 @@ in flight, which are re-run with the same seeds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -25,7 +26,14 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from hipgen import __version__
 from hipgen.dataset.destination import Destination
-from hipgen.dataset.shards import FinalResult, ShardRecord, attach_file, finalize, read_shard_record
+from hipgen.dataset.shards import (
+    FinalResult,
+    ShardRecord,
+    attach_file,
+    finalize,
+    finished_manifest,
+    read_shard_record,
+)
 from hipgen.dataset.spec import JobSpec
 from services.gateway.kube import KubernetesExecutor
 from services.gateway.labeled import GenerateCall
@@ -110,6 +118,7 @@ class JobRunner:
         self.store, self.config = store, config
         self.generate, self.score, self.kube = generate, score, kube
         self._queue: queue.Queue[str] = queue.Queue()
+        self._queued: set[str] = set()  # ids in the queue or running: a job is never run twice at once
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -119,7 +128,7 @@ class JobRunner:
         """Re-queue what a previous run left active (oldest first), then start the runner threads."""
         for row in self.store.in_states(ACTIVE):
             log.info("resuming dataset job", extra={"job_id": row.job_id, "state": row.state})
-            self._queue.put(row.job_id)
+            self.submit(row.job_id)
         self._refresh_gauges()
         for i in range(self.config.max_running):
             t = threading.Thread(target=self._loop, name=f"dataset-runner-{i}", daemon=True)
@@ -141,6 +150,10 @@ class JobRunner:
             raise QueueFullError(retry_after_s=30.0)
 
     def submit(self, job_id: str) -> None:
+        with self._lock:
+            if job_id in self._queued:
+                return
+            self._queued.add(job_id)
         self._queue.put(job_id)
         self._refresh_gauges()
 
@@ -167,19 +180,32 @@ class JobRunner:
                 continue
             try:
                 self._run(job_id)
-            except Exception:  # a bug must not kill the runner thread; the job is marked FAILED
+            except Exception:  # a bug or a database outage must not kill the runner thread
                 log.exception("dataset job crashed", extra={"job_id": job_id})
-                self.store.update(
-                    job_id,
-                    only_if_state=ACTIVE,
-                    state=FAILED,
-                    end_time=time.time(),
-                    error_code=grpc.StatusCode.INTERNAL.value[0],
-                    error_message="internal error (the gateway log has the details)",
-                )
+                if not self._stop.is_set():  # stopping: the job stays active and resumes on restart
+                    try:
+                        self.store.update(
+                            job_id,
+                            only_if_state=ACTIVE,
+                            state=FAILED,
+                            end_time=time.time(),
+                            error_code=grpc.StatusCode.INTERNAL.value[0],
+                            error_message="internal error (the gateway log has the details)",
+                        )
+                    except Exception:  # the database itself is down: retry the job after a pause
+                        log.exception("cannot record the failure; re-queueing", extra={"job_id": job_id})
+                        self._stop.wait(5.0)
+                        with self._lock:
+                            self._queued.discard(job_id)
+                        self.submit(job_id)
+                        continue
             finally:
-                JOB_PROGRESS.remove(job_id) if job_id in _progress_labels() else None
-                self._refresh_gauges()
+                with self._lock:
+                    self._queued.discard(job_id)
+                with contextlib.suppress(Exception):
+                    if job_id in _progress_labels():
+                        JOB_PROGRESS.remove(job_id)
+                    self._refresh_gauges()
 
     def _run(self, job_id: str) -> None:
         row = self.store.get(job_id)
@@ -190,7 +216,17 @@ class JobRunner:
         if row.state == CANCELLING:
             self._finish_cancel(job_id, spec, dest)
             return
-        self.store.update(job_id, state=RUNNING, start_time=row.start_time or time.time())
+        claimed = self.store.update(
+            job_id, only_if_state=(QUEUED, RUNNING), state=RUNNING, start_time=row.start_time or time.time()
+        )
+        if claimed is None:  # cancelled (or finished) between the read and the claim
+            current = self.store.get(job_id)
+            if current is not None and current.state == CANCELLING:
+                self._finish_cancel(job_id, spec, dest)
+            return
+        if finished_manifest(dest, job_id):  # killed after the manifest, before SUCCEEDED: never redo it
+            self._succeed(job_id, spec, dest)
+            return
         done = _Progress()
         todo = []
         for s in range(spec.shard_count):
@@ -206,28 +242,47 @@ class JobRunner:
                 self._run_kubernetes(job_id, spec, dest, done)
             else:
                 self._run_local(job_id, spec, dest, todo, done)
-        except Cancelled:
+        except Exception as e:
             if self._stop.is_set():
                 return  # the gateway is stopping: the job stays RUNNING and resumes on the next start
+            if not isinstance(e, Cancelled):
+                self._handle_failure(job_id, spec, e)
+                return
             self._finish_cancel(job_id, spec, dest)
             return
-        except grpc.RpcError as e:
+        self._succeed(job_id, spec, dest)
+
+    def _handle_failure(self, job_id: str, spec: JobSpec, e: Exception) -> None:
+        """A job that cannot go on: FAILED with the code and a one-line reason; anything unexpected is
+        re-raised (the loop logs it and answers INTERNAL)."""
+        if isinstance(e, grpc.RpcError):
             self._fail(job_id, e.code(), f"GenerateService failed: {e.details()}")
-            return
-        except OSError as e:
+        elif isinstance(e, OSError):
             self._fail(job_id, grpc.StatusCode.UNAVAILABLE, f"writing {spec.output_uri} failed: {e}")
-            return
-        except ShardFailedError as e:
+        elif isinstance(e, ShardFailedError):
             self._fail(job_id, grpc.StatusCode.ABORTED, str(e))
-            return
+        else:
+            raise e
+
+    def _succeed(self, job_id: str, spec: JobSpec, dest: Destination) -> None:
+        """Manifest (idempotent), score, then SUCCEEDED — or CANCELLED, with the complete manifest, when a
+        cancel came in meanwhile."""
         result = finalize(dest, spec, provenance(job_id, spec))
         changes: dict[str, Any] = {
             "manifest_uri": dest.uri_of("manifest.json"),
             "fidelity_json": json.dumps(asdict(result.fidelity)) if result.fidelity else "",
         }
-        if spec.reference_uri and self.score is not None:
+        if spec.reference_uri and self.score is not None and not self._cancelled(job_id):
             changes["score_report_uri"] = self._score(job_id, spec, dest)
-        self.store.update(job_id, state=SUCCEEDED, end_time=time.time(), **changes)
+        if self._stop.is_set():
+            return  # resumes on the next start: the manifest is there, so only scoring is redone
+        done = self.store.update(
+            job_id, only_if_state=(RUNNING,), state=SUCCEEDED, end_time=time.time(), **changes
+        )
+        if done is None:  # cancelled while finishing: the data set is complete all the same
+            self.store.update(
+                job_id, only_if_state=(CANCELLING,), state=CANCELLED, end_time=time.time(), **changes
+            )
         log.info(
             "dataset job finished",
             extra={"job_id": job_id, "images": spec.count, "rejected": result.rejected},
@@ -296,9 +351,7 @@ class JobRunner:
         self.store.update(job_id, kubernetes_job_name=name)
         while True:
             if self._cancelled(job_id):
-                if not self._stop.is_set():
-                    self.kube.delete(name)
-                raise Cancelled()
+                raise Cancelled()  # _finish_cancel deletes the Job (not when the gateway is only stopping)
             status = self.kube.status(name)
             progress = _Progress()
             for s in range(spec.shard_count):
@@ -308,7 +361,12 @@ class JobRunner:
             self._save_progress(job_id, spec, progress)
             if status.failed_reason:
                 raise ShardFailedError(f"Kubernetes Job {name} failed: {status.failed_reason}")
-            if status.complete and progress.shards_done == spec.shard_count:
+            if status.complete:
+                if progress.shards_done < spec.shard_count:  # the pods wrote somewhere the gateway cannot see
+                    raise ShardFailedError(
+                        f"Kubernetes Job {name} completed but only {progress.shards_done} of "
+                        f"{spec.shard_count} shard records are in {spec.output_uri}"
+                    )
                 done.__dict__.update(progress.__dict__)
                 return
             self._stop.wait(self.config.kube_poll_s)
@@ -324,8 +382,19 @@ class JobRunner:
         )
         JOB_PROGRESS.labels(job_id).set(p.images_done / max(spec.count, 1))
 
+    def _delete_kube_job(self, job_id: str) -> None:
+        """A failed or cancelled job's Indexed Job goes too (its pods would keep writing otherwise)."""
+        row = self.store.get(job_id)
+        if self.kube is None or row is None or not row.kubernetes_job_name:
+            return
+        try:
+            self.kube.delete(row.kubernetes_job_name)
+        except Exception:  # the cluster is unreachable: say so; the Job's TTL removes it later
+            log.exception("cannot delete the Kubernetes Job", extra={"job_id": job_id})
+
     def _finish_cancel(self, job_id: str, spec: JobSpec, dest: Destination) -> None:
         """CANCELLING → CANCELLED with a manifest of what was written."""
+        self._delete_kube_job(job_id)
         result: FinalResult | None = None
         try:
             result = finalize(dest, spec, provenance(job_id, spec), partial=True)
@@ -341,6 +410,7 @@ class JobRunner:
 
     def _fail(self, job_id: str, code: grpc.StatusCode, message: str) -> None:
         log.warning("dataset job failed", extra={"job_id": job_id, "code": code.name, "reason": message})
+        self._delete_kube_job(job_id)
         self.store.update(
             job_id, state=FAILED, end_time=time.time(), error_code=code.value[0], error_message=message[:2000]
         )

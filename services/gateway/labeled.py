@@ -45,6 +45,16 @@ def collect_images(stream: object) -> list[generate_pb2.GeneratedImage]:
     return sorted(out, key=lambda im: im.index)
 
 
+class ShortStreamError(RuntimeError):
+    """GenerateService ended a stream with fewer images than asked for (it restarted, or a bug)."""
+
+
+def expect(images: list[generate_pb2.GeneratedImage], n: int) -> list[generate_pb2.GeneratedImage]:
+    if len(images) != n:
+        raise ShortStreamError(f"GenerateService returned {len(images)} of {n} images")
+    return images
+
+
 def generate_labeled(
     generate: GenerateCall,
     request: generate_pb2.GenerateRequest,
@@ -78,7 +88,7 @@ def generate_labeled(
             rejected.append(img)
         return ok
 
-    missing = [k for k, img in enumerate(collect_images(generate(req))) if not offer(k, img)]
+    missing = [k for k, img in enumerate(expect(collect_images(generate(req)), n)) if not offer(k, img)]
     for rnd in range(1, max_regenerations + 1):
         if not missing:
             break
@@ -92,8 +102,8 @@ def generate_labeled(
             for k in missing
         )
         again.images_per_condition = 1
-        again.seed = req.seed + rnd * n
-        images = collect_images(generate(again))
+        again.seed = (req.seed + rnd * n) % 2**64  # uint64, as GenerateService wraps seed + k
+        images = expect(collect_images(generate(again)), len(missing))
         missing = [k for k, img in zip(missing, images, strict=True) if not offer(k, img)]
 
     resp = dataset_pb2.GenerateLabeledResponse()
@@ -112,4 +122,4 @@ def generate_labeled(
     return resp
 
 
-__all__ = ["collect_images", "generate_labeled"]
+__all__ = ["ShortStreamError", "collect_images", "generate_labeled"]

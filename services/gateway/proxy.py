@@ -85,14 +85,17 @@ class ServiceProxy(grpc.GenericRpcHandler):
         if not client_streaming and not server_streaming:
 
             def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
-                call = ch.unary_unary(method)
+                fut = ch.unary_unary(method).future(request, timeout=timeout(context), metadata=md(context))
+                context.add_callback(fut.cancel)  # the client went away: stop the upstream work too
                 try:
-                    resp, c = call.with_call(request, timeout=timeout(context), metadata=md(context))
+                    resp = fut.result()
                 except grpc.RpcError as e:
                     relay_error(e, context)
                     raise  # unreachable: abort raises
+                except grpc.FutureCancelledError:
+                    context.abort(grpc.StatusCode.CANCELLED, "cancelled")
                 context.set_trailing_metadata(
-                    [(k, v) for k, v in (c.trailing_metadata() or ()) if not k.startswith("grpc-")]
+                    [(k, v) for k, v in (fut.trailing_metadata() or ()) if not k.startswith("grpc-")]
                 )
                 return resp
 
@@ -123,10 +126,15 @@ class ServiceProxy(grpc.GenericRpcHandler):
             return grpc.stream_stream_rpc_method_handler(stream_stream)
 
         def stream_unary(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+            fut = ch.stream_unary(method).future(requests, timeout=timeout(context), metadata=md(context))
+            context.add_callback(fut.cancel)
             try:
-                return ch.stream_unary(method)(requests, timeout=timeout(context), metadata=md(context))
+                return fut.result()
             except grpc.RpcError as e:
                 relay_error(e, context)
+                raise
+            except grpc.FutureCancelledError:
+                context.abort(grpc.StatusCode.CANCELLED, "cancelled")
                 raise
 
         return grpc.stream_unary_rpc_method_handler(stream_unary)

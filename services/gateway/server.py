@@ -82,8 +82,8 @@ class Gateway:
     channels: dict[str, grpc.Channel] = field(default_factory=dict)
 
     def start(self) -> None:
+        self.runner.start()  # first: it re-queues what the database holds before new jobs can arrive
         self.server.start()
-        self.runner.start()
 
     def stop(self, grace: float | None = None) -> None:
         self.health.enter_graceful_shutdown()
@@ -132,13 +132,21 @@ def build_gateway(settings: Settings, *, port: int | None = None) -> Gateway:
     )
 
     def generate_for(context: grpc.ServicerContext) -> Any:
-        """GenerateService calls on behalf of one GenerateLabeled caller: its deadline and metadata."""
-        remaining = context.time_remaining()
-        return functools.partial(
-            generate_stub.Generate,
-            timeout=remaining if remaining is not None and remaining < 1e8 else GENERATE_TIMEOUT_S,
-            metadata=forwarded_metadata(context, authorization=not own_token),
-        )
+        """GenerateService calls on behalf of one GenerateLabeled caller: each call gets what is left of
+        the caller's deadline (regeneration rounds included) and its metadata; a caller gone stops it."""
+
+        def call(request: Any) -> Any:
+            if not context.is_active():
+                raise grpc.RpcError()  # the caller cancelled: no further rounds
+            remaining = context.time_remaining()
+            timeout = remaining if remaining is not None and remaining < 1e8 else GENERATE_TIMEOUT_S
+            stream = generate_stub.Generate(
+                request, timeout=timeout, metadata=forwarded_metadata(context, authorization=not own_token)
+            )
+            context.add_callback(stream.cancel)
+            return stream
+
+        return call
 
     servicer = DatasetServicer(
         store,
@@ -149,6 +157,7 @@ def build_gateway(settings: Settings, *, port: int | None = None) -> Gateway:
         max_regenerations=settings.dataset_max_regenerations,
         images_per_shard=settings.dataset_images_per_shard,
         default_executor=settings.dataset_executor,
+        max_watches=max(1, settings.max_workers // 2),  # Watch holds a thread: leave half for the rest
     )
     health_servicer = health.HealthServicer()
     server, bound = build_server(

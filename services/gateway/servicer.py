@@ -7,25 +7,29 @@ back as ``DatasetJob`` messages. A full queue answers RESOURCE_EXHAUSTED with Re
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import grpc
 from google.protobuf import timestamp_pb2
 
 from hipgen.api.v1 import dataset_pb2, dataset_pb2_grpc
 from hipgen.dataset.destination import Destination, DestinationError
+from hipgen.dataset.shards import JOB_MARKER
 from hipgen.dataset.spec import AngleSpec, JobSpec
 from services.audit import audit
-from services.auth import client_id_var
+from services.auth import ADMIN, client_id_var, scopes_var
 from services.errors import FieldViolation, RequestError, violation
 from services.gateway.jobs import JobRunner, QueueFullError
-from services.gateway.labeled import GenerateCall, generate_labeled
+from services.gateway.labeled import GenerateCall, ShortStreamError, generate_labeled
 from services.gateway.proxy import relay_error
 from services.gateway.shard import SAMPLER_ENUMS
 from services.gateway.store import ACTIVE, FINAL, JobRow, JobStore, PageTokenError
@@ -187,6 +191,42 @@ def job_to_proto(row: JobRow) -> dataset_pb2.DatasetJob:
     return job
 
 
+def destination_key(uri: str) -> str:
+    """One spelling per destination: an absolute, normalised local path, or ``s3://bucket/prefix``."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return str(Path(url2pathname(parsed.path)).resolve())
+    return f"s3://{parsed.netloc}/{parsed.path.strip('/')}".rstrip("/")
+
+
+def nested(a: str, b: str) -> bool:
+    """Whether one destination lies inside the other (or they are the same)."""
+    return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
+
+
+_ENUM_FIELDS = (
+    ("format", dataset_pb2.DatasetFormat),
+    ("labels", dataset_pb2.LabelSource),
+    ("executor", dataset_pb2.DatasetExecutor),
+)
+
+
+def unknown_enums(p: dataset_pb2.DatasetJobSpec) -> list[FieldViolation]:
+    """Enum numbers this server does not know (a newer client) are refused, never silently defaulted."""
+    from hipgen.api.v1 import generate_pb2
+
+    bad = [
+        FieldViolation(f"spec.{name}", f"unknown value {getattr(p, name)}")
+        for name, enum in _ENUM_FIELDS
+        if getattr(p, name) and getattr(p, name) not in enum.values()
+    ]
+    if p.sampler == generate_pb2.SAMPLER_DPM_SOLVER:
+        bad.append(FieldViolation("spec.sampler", "DPM-Solver is not available; use DDPM, DDIM or LCM"))
+    elif p.sampler and p.sampler not in generate_pb2.Sampler.values():
+        bad.append(FieldViolation("spec.sampler", f"unknown value {p.sampler}"))
+    return bad
+
+
 # --- the servicer -----------------------------------------------------------------------------------------
 class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
     def __init__(
@@ -200,6 +240,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
         max_regenerations: int,
         images_per_shard: int,
         default_executor: str = "local",
+        max_watches: int = 4,
     ) -> None:
         self.store, self.runner = store, runner
         self.generate = generate
@@ -207,15 +248,22 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
         self.max_images, self.max_regenerations = max_images, max_regenerations
         self.images_per_shard, self.default_executor = images_per_shard, default_executor
         self._create_lock = threading.Lock()
+        self._watch_slots = threading.BoundedSemaphore(max_watches)
 
     # -- checks --------------------------------------------------------------------------------------
     def _check_output(self, spec: JobSpec) -> list[FieldViolation]:
-        uri = urlparse(spec.output_uri)
-        if uri.scheme == "file":
+        """The destination must be inside the output root (file://), reachable, empty, and no other active
+        job may write into it, above it or below it. Call under ``_create_lock``."""
+        dest_key = destination_key(spec.output_uri)
+        if urlparse(spec.output_uri).scheme == "file":
             root = self.output_root.resolve()
-            path = Path(uri.path).resolve()
+            path = Path(dest_key)
             if path != root and root not in path.parents:
                 return [FieldViolation("spec.output_uri", f"file:// outputs must lie inside {root}")]
+        for row in self.store.in_states(ACTIVE):
+            other = destination_key(JobSpec.from_json(row.spec_json).output_uri)
+            if nested(dest_key, other):
+                return [FieldViolation("spec.output_uri", f"job {row.job_id} is writing into {other}")]
         try:
             dest = Destination(spec.output_uri)
             dest.check_writable()
@@ -223,10 +271,18 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
                 return [FieldViolation("spec.output_uri", "the destination is not empty; give a new folder")]
         except (DestinationError, OSError, ValueError, ImportError) as e:
             return [FieldViolation("spec.output_uri", str(e)[:300])]
-        for row in self.store.in_states(ACTIVE):
-            if JobSpec.from_json(row.spec_json).output_uri.rstrip("/") == spec.output_uri.rstrip("/"):
-                return [FieldViolation("spec.output_uri", f"job {row.job_id} is already writing there")]
         return []
+
+    @staticmethod
+    def _owner_filter() -> str | None:
+        """Jobs belong to the client that created them: the caller's id, or None when it sees every job
+        (``admin``, or a server without auth)."""
+        client = client_id_var.get()
+        return None if client is None or ADMIN in (scopes_var.get() or ()) else client
+
+    def _visible(self, row: JobRow) -> bool:
+        owner = self._owner_filter()
+        return owner is None or row.owner == owner
 
     def _job(self, job_id: str) -> JobRow:
         if not JOB_ID.fullmatch(job_id):
@@ -234,7 +290,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
                 [FieldViolation("job_id", "not a dataset job id (32 hex digits)")]
             )
         row = self.store.get(job_id)
-        if row is None:
+        if row is None or not self._visible(row):  # another client's job does not exist for this one
             raise DatasetRequestError(grpc.StatusCode.NOT_FOUND, f"no dataset job {job_id}")
         return row
 
@@ -243,20 +299,30 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
         try:
             if len(request.request_id) > 200:
                 raise DatasetRequestError.invalid([FieldViolation("request_id", "at most 200 characters")])
-            if request.request_id:
-                existing = self.store.by_request_id(request.request_id)
-                if existing is not None:
-                    return dataset_pb2.CreateDatasetJobResponse(job=job_to_proto(existing))
+            owner = client_id_var.get() or ""
+            key = f"{owner}\x1f{request.request_id}" if request.request_id else None  # idempotency per client
             spec = spec_from_proto(request.spec, self.default_executor, self.images_per_shard)
+            if key:
+                existing = self.store.by_request_id(key)
+                if existing is not None:
+                    if JobSpec.from_json(existing.spec_json) != spec:
+                        raise DatasetRequestError(
+                            grpc.StatusCode.ALREADY_EXISTS,
+                            f"request_id {request.request_id!r} already names job {existing.job_id}, "
+                            "which has a different spec",
+                        )
+                    return dataset_pb2.CreateDatasetJobResponse(job=job_to_proto(existing))
             bad: list[FieldViolation] = [
                 violation(e)
                 for e in spec.problems(max_images=self.max_images, max_regenerations=self.max_regenerations)
             ]
-            if not any(v.field == "spec.output_uri" for v in bad):
-                bad += self._check_output(spec)
+            bad += unknown_enums(request.spec)
             if bad:
                 raise DatasetRequestError.invalid(bad)
-            with self._create_lock:  # admission and insert together, so the queue bound holds
+            with self._create_lock:  # checks, admission and insert together: the bounds hold under races
+                bad = self._check_output(spec)
+                if bad:
+                    raise DatasetRequestError.invalid(bad)
                 try:
                     self.runner.admit()
                 except QueueFullError as e:
@@ -265,11 +331,27 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
                     ) from None
                 row, created = self.store.create(
                     spec.to_json(),
-                    request_id=request.request_id or None,
-                    owner=client_id_var.get() or "",
+                    request_id=key,
+                    owner=owner,
                     images_total=spec.count,
                     shards_total=spec.shard_count,
                 )
+                if created:  # claim the destination at once: a second job sees it not empty
+                    try:
+                        Destination(spec.output_uri).put(
+                            JOB_MARKER, json.dumps({"job_id": row.job_id}).encode()
+                        )
+                    except OSError as e:
+                        self.store.update(
+                            row.job_id,
+                            state="FAILED",
+                            error_code=grpc.StatusCode.UNAVAILABLE.value[0],
+                            error_message=f"cannot write {spec.output_uri}: {e}",
+                            end_time=time.time(),
+                        )
+                        raise DatasetRequestError.invalid(
+                            [FieldViolation("spec.output_uri", str(e)[:300])]
+                        ) from None
             if created:
                 audit(
                     "dataset_job.created",
@@ -297,7 +379,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
             if request.state_filter and state is None:
                 raise DatasetRequestError.invalid([FieldViolation("state_filter", "unknown state")])
             try:
-                rows, token = self.store.page(size, request.page_token, state)
+                rows, token = self.store.page(size, request.page_token, state, owner=self._owner_filter())
             except PageTokenError as e:
                 raise DatasetRequestError.invalid([FieldViolation("page_token", str(e))]) from None
             return dataset_pb2.ListDatasetJobsResponse(
@@ -321,15 +403,25 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
     ) -> Iterator[dataset_pb2.WatchDatasetJobResponse]:
         try:
             row = self._job(request.job_id)
+            if not self._watch_slots.acquire(blocking=False):  # each Watch holds a server thread
+                raise DatasetRequestError.exhausted("too many jobs are being watched; retry later", 5.0)
         except RequestError as e:
             e.abort(context)
             return
+        try:
+            yield from self._watch(row, request.job_id, context)
+        finally:
+            self._watch_slots.release()
+
+    def _watch(
+        self, row: JobRow, job_id: str, context: grpc.ServicerContext
+    ) -> Iterator[dataset_pb2.WatchDatasetJobResponse]:
         version = row.version
         yield dataset_pb2.WatchDatasetJobResponse(job=job_to_proto(row))
         while row.state not in FINAL and context.is_active():
             with self.store.changed:
                 self.store.changed.wait(WATCH_POLL_S)
-            current = self.store.get(request.job_id)
+            current = self.store.get(job_id)
             if current is None:
                 return
             if current.version != version:
@@ -357,6 +449,8 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
                 )
             except grpc.RpcError as e:  # GenerateService's own answer (its field names are under generate.)
                 relay_error(e, context)
+            except ShortStreamError as e:
+                raise DatasetRequestError(grpc.StatusCode.UNAVAILABLE, str(e)) from None
         except RequestError as e:
             e.abort(context)
 

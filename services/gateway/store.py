@@ -208,13 +208,15 @@ class JobStore:
             )
 
     def page(
-        self, page_size: int, page_token: str = "", state: str | None = None
+        self, page_size: int, page_token: str = "", state: str | None = None, owner: str | None = None
     ) -> tuple[list[JobRow], str]:
         """Newest first; the token is the (create_time, job_id) key of the last job returned, so pages
         stay stable while new jobs arrive."""
         stmt = sa.select(jobs_table)
         if state:
             stmt = stmt.where(jobs_table.c.state == state)
+        if owner is not None:
+            stmt = stmt.where(jobs_table.c.owner == owner)
         if page_token:
             t, jid = decode_page_token(page_token)
             stmt = stmt.where(
