@@ -109,3 +109,26 @@ def score_folders(tmp_path_factory: pytest.TempPathFactory, angle_repo: Path) ->
         res = runner.invoke(app, args)
         assert res.exit_code == 0, res.output
     return {"real": root / "real", "synthetic": root / "synthetic", "studies": root / "studies"}
+
+
+@pytest.fixture
+def s3_fs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """moto's S3 server on 127.0.0.1 (never AWS): the AWS_* variables point fsspec/s3fs (and every
+    server started in this process) at it; yields an s3 filesystem on it."""
+    fsspec = pytest.importorskip("fsspec")
+    pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        for k, v in {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        }.items():
+            monkeypatch.setenv(k, v)
+        yield fsspec.filesystem("s3", skip_instance_cache=True)
+    finally:
+        server.stop()

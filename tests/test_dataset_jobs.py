@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -269,54 +270,39 @@ def test_job_status_reads_completion_and_failure() -> None:
 
 # --- S3 ---------------------------------------------------------------------------------------------------
 def test_dataset_job_writes_to_s3_on_a_local_s3_server(
-    tmp_path: Path, model_address: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, model_address: str, s3_fs: Any
 ) -> None:
-    fsspec = pytest.importorskip("fsspec")
-    moto_server = pytest.importorskip("moto.server")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
+    fs = s3_fs
+    fs.mkdir("hipgen-out")
+    run = Running(gateway_settings(tmp_path, model_address))
     try:
-        host, port = server.get_host_and_port()
-        for k, v in {
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        }.items():
-            monkeypatch.setenv(k, v)
-        fs = fsspec.filesystem("s3", skip_instance_cache=True)
-        fs.mkdir("hipgen-out")
-        run = Running(gateway_settings(tmp_path, model_address))
-        try:
-            job = run.datasets.CreateDatasetJob(
-                dataset_pb2.CreateDatasetJobRequest(
-                    spec=spec(
-                        "s3://hipgen-out/sets/a",
-                        count=5,
-                        images_per_shard=2,
-                        format=dataset_pb2.DATASET_FORMAT_WEBDATASET,
-                    )
-                ),
-                timeout=T,
-            ).job
-            final = wait_final(run.datasets, job.job_id)
-            assert final.state == dataset_pb2.DATASET_JOB_STATE_SUCCEEDED, final.error
-            assert final.manifest_uri == "s3://hipgen-out/sets/a/manifest.json"
-            with pytest.raises(grpc.RpcError) as e:  # a bucket that does not exist is named at once
-                run.datasets.CreateDatasetJob(
-                    dataset_pb2.CreateDatasetJobRequest(spec=spec("s3://no-such-bucket/x")), timeout=T
+        job = run.datasets.CreateDatasetJob(
+            dataset_pb2.CreateDatasetJobRequest(
+                spec=spec(
+                    "s3://hipgen-out/sets/a",
+                    count=5,
+                    images_per_shard=2,
+                    format=dataset_pb2.DATASET_FORMAT_WEBDATASET,
                 )
-            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        finally:
-            run.close()
-        local = tmp_path / "from-s3"
-        fs.get("hipgen-out/sets/a/", str(local), recursive=True)
-        report = verify_manifest(local)
-        assert report.ok, report.problems
-        assert sum(read_manifest(local).split_counts.values()) == 5
-        assert not [p for p in fs.find("hipgen-out/sets/a") if "/_shards/" in p]
+            ),
+            timeout=T,
+        ).job
+        final = wait_final(run.datasets, job.job_id)
+        assert final.state == dataset_pb2.DATASET_JOB_STATE_SUCCEEDED, final.error
+        assert final.manifest_uri == "s3://hipgen-out/sets/a/manifest.json"
+        with pytest.raises(grpc.RpcError) as e:  # a bucket that does not exist is named at once
+            run.datasets.CreateDatasetJob(
+                dataset_pb2.CreateDatasetJobRequest(spec=spec("s3://no-such-bucket/x")), timeout=T
+            )
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
-        server.stop()
+        run.close()
+    local = tmp_path / "from-s3"
+    fs.get("hipgen-out/sets/a/", str(local), recursive=True)
+    report = verify_manifest(local)
+    assert report.ok, report.problems
+    assert sum(read_manifest(local).split_counts.values()) == 5
+    assert not [p for p in fs.find("hipgen-out/sets/a") if "/_shards/" in p]
 
 
 # --- scoring against a reference --------------------------------------------------------------------------

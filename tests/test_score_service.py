@@ -266,39 +266,23 @@ def test_any_uint64_seed_is_accepted(channel: Any, score_folders: dict[str, Path
 
 
 def test_sets_by_s3_uri_from_a_local_s3_server(
-    channel: Any, score_folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+    channel: Any, score_folders: dict[str, Path], s3_fs: Any
 ) -> None:
     """moto's S3 server on 127.0.0.1 holds the synthetic set; the service reads it by s3:// URI, and a
     missing prefix is INVALID_ARGUMENT naming candidate.uri."""
-    fsspec = pytest.importorskip("fsspec")
-    pytest.importorskip("s3fs")
-    moto_server = pytest.importorskip("moto.server")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        for k, v in {
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        }.items():
-            monkeypatch.setenv(k, v)
-        fs = fsspec.filesystem("s3", skip_instance_cache=True)
-        fs.mkdir("hipgen-test")
-        fs.put(str(score_folders["synthetic"]), "hipgen-test/sets/synthetic", recursive=True)
-        stub = score_pb2_grpc.ScoreServiceStub(channel)
-        req = _request(score_folders, metrics=["fid", "angle_fidelity"])
-        req.candidate.uri = "s3://hipgen-test/sets/synthetic"
-        res = stub.ScoreSets(req, timeout=300)
-        assert res.candidate_count == 12 and res.angle_fidelity_left.count > 0
-        req.candidate.uri = "s3://hipgen-test/sets/nothing-here"
-        with pytest.raises(grpc.RpcError) as e:
-            stub.ScoreSets(req, timeout=60)
-        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "candidate.uri" in _violations(e.value)
-    finally:
-        server.stop()
+    fs = s3_fs
+    fs.mkdir("hipgen-test")
+    fs.put(str(score_folders["synthetic"]), "hipgen-test/sets/synthetic", recursive=True)
+    stub = score_pb2_grpc.ScoreServiceStub(channel)
+    req = _request(score_folders, metrics=["fid", "angle_fidelity"])
+    req.candidate.uri = "s3://hipgen-test/sets/synthetic"
+    res = stub.ScoreSets(req, timeout=300)
+    assert res.candidate_count == 12 and res.angle_fidelity_left.count > 0
+    req.candidate.uri = "s3://hipgen-test/sets/nothing-here"
+    with pytest.raises(grpc.RpcError) as e:
+        stub.ScoreSets(req, timeout=60)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "candidate.uri" in _violations(e.value)
 
 
 def test_missing_models_answer_failed_precondition(score_folders: dict[str, Path], tmp_path: Path) -> None:
