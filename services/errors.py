@@ -4,7 +4,6 @@ retry later (rate limits, full queues) (DESIGN §3)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,9 +13,9 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from hipgen.errors import FieldError
+from hipgen.inference.backend import MODEL_NAME
 
 MAX_VIOLATIONS = 10
-MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")  # a repository folder name, never a path
 
 
 @dataclass(frozen=True)

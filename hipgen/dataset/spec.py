@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlparse
 
@@ -22,18 +21,17 @@ from hipgen import anatomy
 from hipgen.data.datasets import FORMATS
 from hipgen.errors import FieldError
 from hipgen.generate.conditions import TRAINED_NA_RANGE
+from hipgen.generate.generator import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, SAMPLERS
+from hipgen.inference.backend import MODEL_NAME
 
 AngleKind = Literal["uniform", "list", "balanced", "histogram"]
 LabelSource = Literal["measured", "requested"]
 Executor = Literal["local", "kubernetes"]
-SAMPLERS = ("ddpm", "ddim", "lcm")
 DEFAULT_IMAGES_PER_SHARD = 32
 MAX_IMAGES_PER_SHARD = 1024
 SEED_SPACE = 1 << 62  # shard seeds stay far below uint64's top, so seed + k never wraps
 MAX_LIST = 10_000  # angle pairs in a list distribution (the spec travels in every job row and pod env)
 MAX_STEPS = 1000  # denoising steps (DDPM's full chain)
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 2048  # pixels, as GenerateService takes them
-MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
 
 class SpecError(FieldError):
@@ -255,9 +253,6 @@ class JobSpec:
             }
         )
         return cls(**d, angles=angles)
-
-    def with_defaults(self, images_per_shard: int) -> JobSpec:
-        return replace(self, images_per_shard=self.images_per_shard or images_per_shard)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ DEFAULT_GENERATOR = "generator_ddpm"  # the teacher: DDPM and DDIM sampling
 DEFAULT_LCM_GENERATOR = "generator_lcm"  # the consistency-distilled student: LCM sampling
 SAMPLERS = ("ddpm", "ddim", "lcm")
 DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50, "lcm": 4}
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 2048  # output side, pixels; outputs are resampled from the native size
 MAX_GUIDANCE = 20.0  # beyond this CFG only saturates; a larger value is a client bug
 GENERATOR_INPUTS = frozenset({"sample", "timestep", "na", "keep"})
 

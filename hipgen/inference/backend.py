@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from typing import Any, Protocol
 import numpy as np
 
 MANIFEST = "MANIFEST.json"
+#: A model's name: a repository folder name, never a path (requests name models; this keeps them inside).
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 # ONNX tensor types → numpy, for feeding each input in the dtype its graph declares (the generator's UNet
 # takes int64 timesteps and a bool mask beside float32 pixels; an fp16 export takes float16).
 _ORT_DTYPES = {

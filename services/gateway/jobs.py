@@ -37,16 +37,11 @@ from hipgen.dataset.shards import (
 from hipgen.dataset.spec import JobSpec
 from services.gateway.kube import KubernetesExecutor
 from services.gateway.labeled import GenerateCall
-from services.gateway.shard import run_shard
+from services.gateway.shard import run_shard_retrying
 from services.gateway.store import ACTIVE, CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
 
 log = logging.getLogger("services.gateway.jobs")
 
-RETRYABLE = (
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-)
 SCORE_REPORT = "score/report.json"
 
 JOBS = Gauge("hipgen_dataset_jobs", "Dataset jobs on this gateway by state.", ["state"])
@@ -60,7 +55,6 @@ SHARD_SECONDS = Histogram(
     "Seconds to generate, label and write one shard.",
     buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800),
 )
-SHARD_RETRIES = Counter("hipgen_dataset_shard_retries", "Shards retried after a transient error.", ["code"])
 JOB_PROGRESS = Gauge(
     "hipgen_dataset_job_progress", "Fraction of a running dataset job's images written.", ["job_id"]
 )
@@ -202,9 +196,9 @@ class JobRunner:
             finally:
                 with self._lock:
                     self._queued.discard(job_id)
+                with contextlib.suppress(KeyError):  # the job never saved progress
+                    JOB_PROGRESS.remove(job_id)
                 with contextlib.suppress(Exception):
-                    if job_id in _progress_labels():
-                        JOB_PROGRESS.remove(job_id)
                     self._refresh_gauges()
 
     def _run(self, job_id: str) -> None:
@@ -324,25 +318,20 @@ class JobRunner:
     def _shard_with_retries(
         self, spec: JobSpec, shard: int, dest: Destination, cancelled: Callable[[], bool]
     ) -> ShardRecord | None:
-        for attempt in range(self.config.shard_retries + 1):
-            t0 = time.monotonic()
-            try:
-                rec = run_shard(spec, shard, self.generate(), dest, cancelled=cancelled)
-                SHARD_SECONDS.observe(time.monotonic() - t0)
-                return rec
-            except grpc.RpcError as e:
-                code = e.code()
-                if code not in RETRYABLE or attempt == self.config.shard_retries:
-                    raise
-                SHARD_RETRIES.labels(code.name).inc()
-                delay = self.config.retry_base_s * 2**attempt
-                log.warning(
-                    "shard failed; retrying",
-                    extra={"shard": shard, "code": code.name, "retry_in_s": delay},
-                )
-                if self._stop.wait(delay) or cancelled():
-                    return None
-        return None
+        t0 = time.monotonic()
+        rec = run_shard_retrying(
+            spec,
+            shard,
+            self.generate,
+            dest,
+            retries=self.config.shard_retries,
+            base_delay_s=self.config.retry_base_s,
+            wait=self._stop.wait,
+            cancelled=cancelled,
+        )
+        if rec is not None:
+            SHARD_SECONDS.observe(time.monotonic() - t0)
+        return rec
 
     def _run_kubernetes(self, job_id: str, spec: JobSpec, dest: Destination, done: _Progress) -> None:
         if self.kube is None:
@@ -446,10 +435,6 @@ class ShardFailedError(RuntimeError):
 def provenance(job_id: str, spec: JobSpec) -> dict[str, Any]:
     """What the manifest says about how the data set was made (enough to reproduce it)."""
     return {"dataset_job": job_id, "spec": json.loads(spec.to_json()), "hipgen_version": __version__}
-
-
-def _progress_labels() -> set[str]:
-    return {s.labels["job_id"] for m in JOB_PROGRESS.collect() for s in m.samples}
 
 
 __all__ = ["JobRunner", "QueueFullError", "RunnerConfig", "provenance"]

@@ -6,8 +6,13 @@ gives the same files wherever it runs.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
+
+import grpc
+from prometheus_client import Counter
 
 from hipgen.api.v1 import common_pb2, generate_pb2
 from hipgen.data.images import decode_image_bytes
@@ -17,12 +22,10 @@ from hipgen.dataset.shards import KeptImage, RejectedAttempt, ShardRecord, write
 from hipgen.dataset.spec import JobSpec, ShardPlan
 from services.angle.servicer import label_from_proto
 from services.gateway.labeled import GenerateCall, generate_labeled
+from services.generate.servicer import SAMPLER_ENUMS
 
-SAMPLER_ENUMS = {
-    "ddpm": generate_pb2.SAMPLER_DDPM,
-    "ddim": generate_pb2.SAMPLER_DDIM,
-    "lcm": generate_pb2.SAMPLER_LCM,
-}
+log = logging.getLogger("services.gateway.shard")
+
 DEFAULT_CHUNK = 32  # images per Generate call (GenerateService caps one call; 32 stays under its default)
 
 
@@ -109,4 +112,56 @@ def run_shard(
     return write_shard(dest, spec, shard, kept, rejected)
 
 
-__all__ = ["DEFAULT_CHUNK", "generate_request", "labelled_record", "run_shard"]
+RETRYABLE = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+)
+SHARD_RETRIES = Counter("hipgen_dataset_shard_retries", "Shards retried after a transient error.", ["code"])
+
+
+def _sleep(delay_s: float) -> bool:
+    time.sleep(delay_s)
+    return False
+
+
+def run_shard_retrying(
+    spec: JobSpec,
+    shard: int,
+    generate: Callable[[], GenerateCall],
+    dest: Destination,
+    *,
+    retries: int,
+    base_delay_s: float = 1.0,
+    wait: Callable[[float], bool] = _sleep,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> ShardRecord | None:
+    """:func:`run_shard`, run again with exponential backoff while GenerateService answers a transient
+    error (restarting, scaling, overloaded); other errors and the last failure raise. ``wait(delay)``
+    returning True (the runner is stopping) or ``cancelled()`` gives up with None. The local runner
+    and the Kubernetes shard worker both retry through this."""
+    for attempt in range(retries + 1):
+        try:
+            return run_shard(spec, shard, generate(), dest, cancelled=cancelled)
+        except grpc.RpcError as e:
+            code = e.code()
+            if code not in RETRYABLE or attempt == retries:
+                raise
+            SHARD_RETRIES.labels(code.name).inc()
+            delay = base_delay_s * 2**attempt
+            log.warning(
+                "shard failed; retrying", extra={"shard": shard, "code": code.name, "retry_in_s": delay}
+            )
+            if wait(delay) or cancelled():
+                return None
+    return None
+
+
+__all__ = [
+    "DEFAULT_CHUNK",
+    "RETRYABLE",
+    "generate_request",
+    "labelled_record",
+    "run_shard",
+    "run_shard_retrying",
+]

@@ -14,7 +14,7 @@ import json
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import sqlalchemy as sa
@@ -244,10 +244,6 @@ def decode_page_token(token: str) -> tuple[float, str]:
         return float(t), str(jid)
     except (ValueError, TypeError) as e:
         raise PageTokenError(f"not a page token from ListDatasetJobs ({type(e).__name__})") from None
-
-
-def with_state(row: JobRow, state: str) -> JobRow:
-    return replace(row, state=state)
 
 
 __all__ = [

@@ -18,7 +18,6 @@ import functools
 import logging
 import os
 import sys
-import time
 
 import grpc
 
@@ -28,9 +27,8 @@ from hipgen.dataset.shards import read_shard_record
 from hipgen.dataset.spec import JobSpec
 from hipgen.logs import configure_logging
 from hipgen.settings import get_settings
-from services.gateway.jobs import RETRYABLE
 from services.gateway.server import GENERATE_TIMEOUT_S, downstream_channel
-from services.gateway.shard import run_shard
+from services.gateway.shard import run_shard_retrying
 
 log = logging.getLogger("services.gateway.worker")
 
@@ -62,16 +60,14 @@ def main() -> int:
             if read_shard_record(dest, shard) is not None:
                 log.info("shard already written", extra={"shard": shard})
                 continue
-            for attempt in range(settings.dataset_shard_retries + 1):
-                try:
-                    rec = run_shard(spec, shard, generate, dest)
-                    log.info("shard written", extra={"shard": shard, "images": rec.images if rec else 0})
-                    break
-                except grpc.RpcError as e:
-                    if e.code() not in RETRYABLE or attempt == settings.dataset_shard_retries:
-                        log.error("shard failed", extra={"shard": shard, "code": e.code().name})
-                        return 1
-                    time.sleep(2**attempt)  # GenerateService restarting or scaling: back off
+            try:
+                rec = run_shard_retrying(
+                    spec, shard, lambda: generate, dest, retries=settings.dataset_shard_retries
+                )
+            except grpc.RpcError as e:
+                log.error("shard failed", extra={"shard": shard, "code": e.code().name})
+                return 1
+            log.info("shard written", extra={"shard": shard, "images": rec.images if rec else 0})
     log.info("index done", extra={"index": index, "shards": [shards.start, shards.stop]})
     return 0
 

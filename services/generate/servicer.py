@@ -45,6 +45,8 @@ from hipgen.generate.conditions import ConditionError, NaRequest
 from hipgen.generate.generator import (
     DEFAULT_GENERATOR,
     DEFAULT_LCM_GENERATOR,
+    MAX_IMAGE_SIZE,
+    MIN_IMAGE_SIZE,
     Generator,
     NotAGeneratorError,
     SamplerChoice,
@@ -66,9 +68,8 @@ _SAMPLER_NAMES = {
     generate_pb2.SAMPLER_DDIM: "ddim",
     generate_pb2.SAMPLER_LCM: "lcm",
 }
-_SAMPLER_ENUMS = {v: k for k, v in _SAMPLER_NAMES.items()}
+SAMPLER_ENUMS = {v: k for k, v in _SAMPLER_NAMES.items()}  # also the gateway's, for the jobs it sends
 _ENC = common_pb2.ImageEncoding
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 2048  # pixels; outputs are resampled from the model's native size
 
 INTERNAL_MESSAGE = "internal error while generating (the server log has the details)"
 
@@ -369,7 +370,7 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
                 na_left_deg=lab.requested.na_left, na_right_deg=lab.requested.na_right
             ),
             seed=lab.seed,
-            sampler=_SAMPLER_ENUMS[job.choice.sampler],
+            sampler=SAMPLER_ENUMS[job.choice.sampler],
             steps=job.choice.steps,
             guidance_scale=job.choice.guidance_scale,
             label=label,
