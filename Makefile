@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMPS := $(VENV)/.stamps
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run serve test setup setup-train protos lint bench phantom-grid clean certs
+.PHONY: run serve review test setup setup-train protos lint bench phantom-grid clean certs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,9 +45,23 @@ $(STAMPS)/triton: Makefile | $(STAMPS)/core
 
 setup-train: setup $(STAMPS)/train $(STAMPS)/triton
 
+# Debian's Chromium for the review app's browser tests (tests/test_review_browser.py drives it through
+# Playwright; Playwright's own browser download is never used). Installed once per machine as root with
+# apt-get; where that is impossible the browser tests skip and say why. The stamp is made only once
+# Chromium is there, so a later run tries again.
+$(STAMPS)/chromium: | $(STAMPS)/core
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser tests (apt-get)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      chromium >/dev/null) || echo "make: apt-get could not install chromium: the browser tests will skip"; \
+	  else echo "make: chromium is missing and this user cannot apt-get it: the browser tests will skip"; fi; \
+	fi
+	@if command -v chromium >/dev/null 2>&1; then mkdir -p $(STAMPS) && touch $@; fi
+
 # pytest exits 5 when it collects nothing: that is a broken suite here, not a pass.
 # the suite trains tiny models and checks ONNX export against PyTorch: it needs the training stack
-test: setup-train
+test: setup-train $(STAMPS)/chromium
 	@$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests — failing: the suite must not be empty"; exit 1; fi; \
 	exit $$rc
@@ -57,6 +71,11 @@ run: setup
 
 serve: setup
 	$(BIN)/python -m services.server
+
+# the review / reader-study web app alone, on HIPGEN_REVIEW_PORT (8090), calling the gateway at
+# HIPGEN_REVIEW_GATEWAY_ADDRESS; it logs a one-time admin sign-in link
+review: setup
+	$(BIN)/python -m services.review --admin-link
 
 lint: setup
 	$(BIN)/ruff check .

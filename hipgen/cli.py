@@ -157,9 +157,9 @@ def convert(
 ) -> None:
     """Convert a data set between formats; labels are carried over exactly (and follow any
     preprocessing: keypoints move with the pixels)."""
-    from hipgen.data.datasets import check_format, detect_format, iter_dataset, open_writer
+    from hipgen.data.convert import convert_dataset, split_assignment
+    from hipgen.data.datasets import check_format, detect_format
     from hipgen.data.preprocess import Preprocessing
-    from hipgen.data.split import split_records
 
     with _user_errors():
         check_format(to)
@@ -170,36 +170,26 @@ def convert(
             pre = Preprocessing.standard(square=square or "crop", size=resize, clahe=clahe, normalize=None)
         src_fmt = detect_format(src)
         on_error = "skip" if skip_bad else "raise"
-        splits: dict[str, str] = {}
-        if split is not None:  # a first pass for the labels: a stratified split needs all of them
-            recs = [rec for rec, _ in iter_dataset(src, on_error=on_error)]
-            splits = dict(
-                zip(
-                    (r.file_name for r in recs),
-                    split_records(recs, ratio=split, seed=split_seed).assignment,
-                    strict=True,
-                )
-            )
-        items = iter_dataset(src, on_error=on_error)
-        n = 0
-        provenance = {"converted_from": src_fmt, "split_ratio": list(split) if split else None}
-        with (
-            open_writer(to, dst, bits=bits, provenance=provenance, preprocessing=pre) as writer,
-            _progress() as bar,
-        ):
+        splits = split_assignment(src, split, seed=split_seed, on_error=on_error) if split else None
+        with _progress() as bar:
             task = bar.add_task(f"{src_fmt} → {to}", total=None)
-            for rec, img in items:
-                writer.add(
-                    rec, img.pixels, split=splits.get(rec.file_name), pixel_spacing_mm=img.pixel_spacing_mm
-                )
-                n += 1
-                bar.advance(task)
-    console.print(f"converted {n} images from {src_fmt} to {to} in {dst}")
-    for item in items.report.skipped:
+            result = convert_dataset(
+                src,
+                dst,
+                to,
+                bits=bits,
+                splits=splits,
+                preprocessing=pre,
+                provenance={"split_ratio": list(split) if split else None},
+                on_error=on_error,
+                progress=lambda _: bar.advance(task),
+            )
+    console.print(f"converted {result.count} images from {src_fmt} to {to} in {dst}")
+    for item in result.report.skipped:
         console.print(
             f"[yellow]skipped[/yellow] {item.source}: {item.reason}", highlight=False, soft_wrap=True
         )
-    for warning in items.report.warnings:
+    for warning in result.report.warnings:
         console.print(f"[yellow]warning[/yellow] {warning}", highlight=False, soft_wrap=True)
 
 

@@ -355,6 +355,44 @@ def _dataset_job(port: int, out: Path, reference: Path) -> tuple[Table, bool]:
     return table, verified.ok and "error" not in report
 
 
+def _review_app(base: dict[str, str], gateway_port: int, out: Path) -> tuple[subprocess.Popen[str], str, str]:
+    """Start the review web app on the gateway; return it, its URL and a one-time admin link, after
+    checking that it lists the demo's dataset job through the gateway."""
+    import urllib.request
+
+    env = {
+        **base,
+        "HIPGEN_REVIEW_GATEWAY_ADDRESS": f"127.0.0.1:{gateway_port}",
+        "HIPGEN_REVIEW_DB_URL": f"sqlite:///{(out / 'demo-review.db').resolve()}",
+        "HIPGEN_REVIEW_DATA_ROOT": str(out.resolve()),
+    }
+    proc, port, lines = start_server_process(env, ("services.review", "--admin-link"), "review app listening")
+    url = f"http://127.0.0.1:{port}"
+    from services.review.server import ADMIN_LINK_PREFIX
+
+    deadline = time.monotonic() + 10
+    while not any(line.startswith(ADMIN_LINK_PREFIX) for line in list(lines)) and time.monotonic() < deadline:
+        time.sleep(0.05)  # printed just after the ready line
+    link = next(
+        (
+            line.split(ADMIN_LINK_PREFIX, 1)[1].strip()
+            for line in list(lines)
+            if line.startswith(ADMIN_LINK_PREFIX)
+        ),
+        None,
+    )
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=10) as resp:  # noqa: S310 (our own loopback URL)
+            healthy = resp.status == 200
+    except OSError as e:
+        proc.terminate()
+        raise AngleDemoError(f"the review app at {url} did not answer: {e}") from e
+    if not healthy or link is None:
+        proc.terminate()
+        raise AngleDemoError(f"the review app at {url} is not healthy (admin link: {link is not None})")
+    return proc, url, link
+
+
 def _class_name(value: int) -> str:
     from hipgen.api.v1 import common_pb2
 
@@ -390,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     for own in (data, out / "dataset", out / "phantom_views"):  # the demo's own outputs: start clean
         if own.exists():
             shutil.rmtree(own)
-    for db in out.glob("demo-datasets.db*"):
+    for db in [*out.glob("demo-datasets.db*"), *out.glob("demo-review.db*")]:
         db.unlink()
     console.rule("[bold]hipgen demo")
     t0 = time.perf_counter()
@@ -458,6 +496,13 @@ def main(argv: list[str] | None = None) -> int:
                 dataset_table, dataset_ok = _dataset_job(port, out / "dataset", out / "phantom_views")
             except AngleDemoError as e:
                 dataset_error = str(e)
+        review = None
+        if dataset_ok:
+            try:
+                review = _review_app(base, port, out)
+                procs.append(review[0])
+            except AngleDemoError as e:
+                dataset_error = f"review app: {e}"
     except BaseException:
         _stop(procs)
         raise
@@ -503,6 +548,10 @@ def main(argv: list[str] | None = None) -> int:
     if dataset_error is None and generate_error is None and score_error is None:
         where.add_row("dataset job", f"{out / 'dataset'}/ (manifest.json, metadata.csv, score/report.json)")
     where.add_row("gateway", f"127.0.0.1:{port} (gRPC; health, reflection)")
+    if review is not None:
+        where.add_row(
+            "review app", f"{review[1]} (label review and reader studies; python -m services.review)"
+        )
     for name in SERVICE_PROCESSES:
         where.add_row(f"{name} server", addresses[name])
     where.add_row("/metrics", ", ".join(f"{n} :{p}" for n, p in metrics.items()))
@@ -515,7 +564,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     console.print(where)
     ok = (
-        all(h == "SERVING" for _, h, _ in rows)
+        review is not None
+        and all(h == "SERVING" for _, h, _ in rows)
         and len(rows) == 4
         and angle_error is None
         and generate_error is None
@@ -524,6 +574,15 @@ def main(argv: list[str] | None = None) -> int:
         and dataset_ok
     )
     console.print("[green]demo OK[/green]" if ok else "[red]demo found a problem[/red]")
+    if review is not None:
+        console.print(f"[bold]review app:[/bold] {review[1]}", highlight=False, soft_wrap=True)
+        console.print(
+            f"sign in as admin (one-time link): {review[2]}\n"
+            "  review the dataset job's labels, or start a reader study of out/phantom_views (real) "
+            "against out/dataset (synthetic)",
+            highlight=False,
+            soft_wrap=True,
+        )
     if ok and not args.once:
         console.print(
             f"serving: gateway 127.0.0.1:{port} — try `hipgen dataset list --target 127.0.0.1:{port}`; "

@@ -177,6 +177,48 @@ class Settings(BaseSettings):
     )
     kubernetes_parallelism: int = Field(8, ge=1, description="Shard-worker pods of one Indexed Job at once.")
     kubernetes_shards_per_pod: int = Field(4, ge=1, description="Shards one worker pod (one index) runs.")
+    # --- the review / reader-study web app (services/review) --------------------------------------------
+    review_port: int = Field(8090, ge=0, le=65535, description="HTTP port of the review app; 0: a free one.")
+    review_gateway_address: str = Field(
+        "127.0.0.1:50051", description="Review app: address (`host:port`) of the gateway it calls over gRPC."
+    )
+    review_gateway_token_file: Path | None = Field(
+        None,
+        description="Review app: file with its bearer token for the gateway (scopes `datasets measure`, "
+        "`hipgen token create --scope datasets --scope measure`); unset: no token (auth off).",
+    )
+    review_gateway_ca_file: Path | None = Field(
+        None, description="Review app: CA bundle to verify the gateway's TLS certificate; unset: plaintext."
+    )
+    review_db_url: str = Field(
+        "sqlite:///out/review.db",
+        description="SQLAlchemy URL of the review app's database (invites, audit trail, studies, answers).",
+    )
+    review_data_root: Path = Field(
+        Path("out"), description="Folder that reader-study image sets must lie inside (resolved)."
+    )
+    review_session_secret_file: Path | None = Field(
+        None,
+        description="File with the key that signs review-app session cookies (32+ bytes, `hipgen token "
+        "secret`); unset: a random key per process (sessions end when the app restarts).",
+    )
+    review_secure_cookies: bool = Field(
+        False, description="Mark session cookies `Secure` (set when the app is served over HTTPS)."
+    )
+    review_rate_limit_rps: float = Field(
+        20.0, gt=0, description="Review app: requests per second per client address (token bucket)."
+    )
+    review_rate_limit_burst: int = Field(60, ge=1, description="Review app: burst of that bucket.")
+    review_invite_ttl_h: float = Field(
+        72.0, gt=0, description="Hours a one-time invitation link stays valid before it is used."
+    )
+    review_study_display_size: int = Field(
+        768,
+        ge=64,
+        le=4096,
+        description="Reader-study images are centre-cropped square and resized to this many pixels, so "
+        "that neither size nor aspect ratio tells real from synthetic.",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

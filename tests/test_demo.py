@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +43,7 @@ def test_demo_renders_starts_server_and_reports(tmp_path: Path):
     assert verify_manifest(dataset).ok and len(list(dataset.glob("*.png"))) == 32
     assert (dataset / "score" / "report.json").is_file()
     assert "sha256 check: OK" in done.stdout and "fidelity (measured vs requested)" in done.stdout
+    # the review app, started on the gateway: its URL and a one-time admin link that signs in
+    assert "review app: http://127.0.0.1:" in done.stdout
+    assert re.search(r"sign in as admin \(one-time link\): http://127\.0\.0\.1:\d+/invite/\S+", done.stdout)
+    assert (tmp_path / "out" / "demo-review.db").is_file()

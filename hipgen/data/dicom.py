@@ -514,6 +514,26 @@ def _labels_json(ds: Dataset) -> str | None:
         return None
 
 
+def relabelled_dicom_bytes(data: bytes, record: LabelRecord, *, source: str = "<bytes>") -> bytes:
+    """The same file with ``record`` as its label record: only the label element of the hipgen private
+    block changes; pixels, UIDs and every other element are written back as stored (a label correction
+    is not a new image)."""
+    ds = _dcmread(io.BytesIO(data), source)
+    try:
+        with _quiet():
+            block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
+    except (KeyError, ValueError, TypeError):
+        raise CorruptFileError(source, "no hipgen private block: not a hipgen synthetic DICOM file") from None
+    buf = io.BytesIO()
+    try:
+        with _quiet():
+            block.add_new(_P_LABELS, "UT", json.dumps(record.to_dict(), ensure_ascii=True))
+            ds.save_as(buf, enforce_file_format=True)
+    except Exception as e:
+        raise CorruptFileError(source, f"cannot write the new label block ({_short(e)})") from None
+    return buf.getvalue()
+
+
 def read_synthetic_labels(path: Path | str) -> LabelRecord | None:
     """The label record stored by :func:`write_synthetic_dicom`, or None if the file holds none."""
     name = str(path)

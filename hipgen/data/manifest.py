@@ -197,9 +197,14 @@ class Manifest:
         )
 
 
+def encode_manifest(manifest: Manifest) -> bytes:
+    """The bytes of ``manifest.json`` (one encoding, whoever writes it)."""
+    return (json.dumps(manifest.to_dict(), indent=1, ensure_ascii=False) + "\n").encode()
+
+
 def write_manifest(root: Path | str, manifest: Manifest) -> Path:
     path = Path(root) / MANIFEST_NAME
-    write_atomic(path, (json.dumps(manifest.to_dict(), indent=1, ensure_ascii=False) + "\n").encode())
+    write_atomic(path, encode_manifest(manifest))
     return path
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from services.sqlengine import make_engine
+
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLING, CANCELLED = (
     "QUEUED",
     "RUNNING",
@@ -108,19 +110,7 @@ class JobStore:
     changed: threading.Condition = field(init=False, default_factory=threading.Condition)
 
     def __post_init__(self) -> None:
-        kwargs: dict[str, Any] = {"future": True}
-        if self.url.startswith("sqlite"):
-            # SQLite: one file shared by the gateway's threads; WAL lets readers run beside the writer
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        self.engine = sa.create_engine(self.url, **kwargs)
-        if self.url.startswith("sqlite"):
-
-            @sa.event.listens_for(self.engine, "connect")
-            def _wal(dbapi_conn: Any, _record: Any) -> None:
-                cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA journal_mode=WAL")
-                cur.close()
-
+        self.engine = make_engine(self.url)
         _metadata.create_all(self.engine)
 
     def close(self) -> None:

@@ -1,0 +1,5 @@
+import sys
+
+from services.review.server import main
+
+sys.exit(main())
