@@ -86,6 +86,7 @@ bench: setup-train
 	$(BIN)/python bench/angle/bench_angle.py
 	$(BIN)/python bench/generate/bench_generate.py
 	$(BIN)/python bench/dataset/bench_dataset.py --count 1000 --resume-count 256
+	$(BIN)/python bench/review/bench_review.py --review 20 --study 10
 
 # a development CA, server (localhost, 127.0.0.1, ::1) and client certificate for TLS / mutual TLS;
 # git-ignored, never committed; remade only when missing or when the script changes

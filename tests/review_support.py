@@ -4,6 +4,8 @@ finished dataset job written through them, and the review app served by uvicorn 
 from __future__ import annotations
 
 import re
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,28 @@ from hipgen.settings import Settings
 from services.review.app import build_app
 from services.review.server import RunningApp, invite_link, serve_in_thread
 from services.server import build_server
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# root in a container needs --no-sandbox; the others keep Chromium off this offline machine's network
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def wait_true(page, expression: str, timeout_s: float = 15.0) -> None:
+    """Poll a JS expression from outside the page. Playwright's ``wait_for_function`` evaluates its
+    predicate with ``eval`` inside the page, which the app's Content-Security-Policy refuses (rightly)."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {expression}")
+        time.sleep(0.05)
 
 
 @dataclass

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from review_support import Stack, start_stack
+from review_support import CHROMIUM, CHROMIUM_ARGS, Stack, start_stack, wait_true
 
 from hipgen.anatomy import norberg_angle
 from hipgen.data.datasets import iter_dataset
@@ -22,21 +20,10 @@ from hipgen.data.manifest import read_manifest, verify_manifest
 from hipgen.review.display import png_chunk_types
 from services.review.datasets import CORRECTIONS_LOG, DECISIONS, item_key
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 NO_CHROMIUM = (
     "Chromium is not installed (`make test` installs Debian's chromium package; without it, or without "
     "root to install it, the browser tests cannot run)"
 )
-# root in a container needs --no-sandbox; the others keep Chromium off this offline machine's network
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTEFACTS = Path(os.environ.get("HIPGEN_TEST_ARTEFACTS", "out/test-artefacts"))
 VIEWPORT = {"width": 1440, "height": 900}
 
@@ -67,16 +54,6 @@ def sign_in(browser: object, link: str):  # -> playwright Page
     page.click("#accept-invite")
     page.wait_for_load_state("networkidle")
     return page
-
-
-def wait_true(page, expression: str, timeout_s: float = 15.0) -> None:
-    """Poll a JS expression from outside the page. Playwright's ``wait_for_function`` evaluates its
-    predicate with ``eval`` inside the page, which the app's Content-Security-Policy refuses (rightly)."""
-    deadline = time.monotonic() + timeout_s
-    while not page.evaluate(expression):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {expression}")
-        time.sleep(0.05)
 
 
 def record_of(root: Path, key: str):

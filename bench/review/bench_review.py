@@ -23,24 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the browser settings the tests use
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def wait_true(page, expression: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not page.evaluate(expression):
-        if time.monotonic() > deadline:
-            raise TimeoutError(expression)
-        time.sleep(0.02)
+from review_support import CHROMIUM, CHROMIUM_ARGS, wait_true  # noqa: E402
 
 
 class Counter:
@@ -198,7 +183,7 @@ def main() -> int:
         "--miss", type=float, default=15.0, help="correct images missed by more than this (°)"
     )
     parser.add_argument("--shots", type=Path, default=None, help="save screenshots here")
-    parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    parser.add_argument("--chromium", default=CHROMIUM)
     args = parser.parse_args()
     if not Path(args.chromium).exists():
         print(f"no Chromium at {args.chromium}: apt-get install chromium", file=sys.stderr)
