@@ -107,6 +107,18 @@ def store(
 ) -> FileEntry:
     """Write ``data`` atomically under ``root`` and return its manifest entry."""
     write_atomic(root / rel, data)
+    return bytes_entry(rel, data, split=split, record=record, samples=samples)
+
+
+def bytes_entry(
+    rel: str,
+    data: bytes,
+    *,
+    split: str | None = None,
+    record: LabelRecord | None = None,
+    samples: tuple[LabelRecord, ...] = (),
+) -> FileEntry:
+    """The entry of a file whose bytes are in hand (written, staged or about to be put elsewhere)."""
     return FileEntry(rel, hashlib.sha256(data).hexdigest(), len(data), split, record, samples)
 
 

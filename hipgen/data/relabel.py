@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import io
 import json
 import os
@@ -36,6 +35,7 @@ from hipgen.data.manifest import (
     MANIFEST_NAME,
     FileEntry,
     Manifest,
+    bytes_entry,
     encode_manifest,
     read_manifest,
     safe_relpath,
@@ -74,14 +74,11 @@ def check_correction(new: LabelRecord, old: LabelRecord | None = None) -> None:
             raise ValueError(f"{old.file_name}: a correction cannot change {', '.join(changed)}")
 
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _read_listed(root: Path, e: FileEntry) -> bytes:
     """A file's bytes, refused when they are not what the manifest says (never build on a changed file)."""
     data = (root / safe_relpath(e.path, MANIFEST_NAME)).read_bytes()
-    if len(data) != e.bytes or _sha(data) != e.sha256:
+    now = bytes_entry(e.path, data)
+    if (now.bytes, now.sha256) != (e.bytes, e.sha256):
         raise CorruptFileError(root / e.path, "file differs from the manifest; run verify_manifest")
     return data
 
@@ -214,7 +211,7 @@ def _plan_images(root: Path, m: Manifest, fixes: dict[str, LabelRecord]) -> Plan
             removals.append(e.path)
         if data != old or new.file_name != e.path:
             writes[new.file_name] = data
-        files[i] = FileEntry(new.file_name, _sha(data), len(data), e.split, new)
+        files[i] = bytes_entry(new.file_name, data, split=e.split, record=new)
     if m.format != "dicom":
         writes[METADATA_NAME] = _metadata(root, m, fixes)
     return Plan(writes, tuple(removals), files)
@@ -242,7 +239,7 @@ def _plan_shards(root: Path, m: Manifest, fixes: dict[str, LabelRecord]) -> Plan
         data = rewrite_shard(_read_listed(root, e), mine, source=str(root / e.path))
         writes[e.path] = data
         samples = tuple(mine.get(r.file_name, r) for r in e.samples)
-        files[i] = FileEntry(e.path, _sha(data), len(data), e.split, samples=samples)
+        files[i] = bytes_entry(e.path, data, split=e.split, samples=samples)
     return Plan(writes, (), files)
 
 
@@ -266,7 +263,7 @@ def _with_extra_files(root: Path, plan: Plan, sidecars: Mapping[str, bytes]) -> 
         if rel in images:
             continue
         i = index.get(rel)
-        entry = FileEntry(rel, _sha(data), len(data), files[i].split if i is not None else None)
+        entry = bytes_entry(rel, data, split=files[i].split if i is not None else None)
         if i is None:
             files.append(entry)
         else:

@@ -14,7 +14,6 @@ temp files, and reports requested-vs-measured fidelity.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -25,16 +24,16 @@ from typing import Any
 import numpy as np
 
 from hipgen.data.datasets import WRITERS
+from hipgen.data.generation_log import GENERATION_LOG
 from hipgen.data.imagefolder import METADATA_NAME
 from hipgen.data.keypoints import encode_csv
-from hipgen.data.manifest import MANIFEST_NAME, FileEntry, Manifest, store
+from hipgen.data.manifest import MANIFEST_NAME, FileEntry, Manifest, bytes_entry, store
 from hipgen.data.record import LabelRecord
 from hipgen.dataset.destination import Destination
 from hipgen.dataset.spec import JobSpec, file_stem
 
 SHARDS_DIR = "_shards"
 REVIEW_DIR = "review"
-GENERATION_LOG = "generation.jsonl"  # what hipgen.score.sets reads requested angles from
 
 
 class IncompleteJobError(RuntimeError):
@@ -202,10 +201,6 @@ class FinalResult:
     out_of_tolerance: int
 
 
-def _entry(rel: str, data: bytes) -> FileEntry:
-    return FileEntry(rel, hashlib.sha256(data).hexdigest(), len(data))
-
-
 def finalize(
     dest: Destination, spec: JobSpec, provenance: dict[str, Any], *, partial: bool = False
 ) -> FinalResult:
@@ -256,7 +251,7 @@ def finalize(
         provenance["fidelity"] = {
             k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in fid.items()
         }
-    manifest = Manifest(spec.format, [*entries, *(_entry(rel, data) for rel, data in extra)], provenance)
+    manifest = Manifest(spec.format, [*entries, *(bytes_entry(rel, data) for rel, data in extra)], provenance)
     _put_manifest(dest, manifest)
     _clean_up(dest, spec)
     return _result_of(dest, spec, manifest)
@@ -312,7 +307,7 @@ def attach_file(dest: Destination, rel: str, data: bytes) -> None:
     """Add a file to a finished data set and list it in the manifest (e.g. the score report)."""
     dest.put(rel, data)
     manifest = _read_manifest(dest)
-    manifest.files = [e for e in manifest.files if e.path != rel] + [_entry(rel, data)]
+    manifest.files = [e for e in manifest.files if e.path != rel] + [bytes_entry(rel, data)]
     _put_manifest(dest, manifest)
 
 

@@ -14,7 +14,6 @@ angle model letterboxes to 192 px) — so 10,000 studies cost ≤ 2.6 GB, not th
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
@@ -29,12 +28,12 @@ import cv2
 import numpy as np
 
 from hipgen.data.datasets import detect_format, iter_dataset
+from hipgen.data.generation_log import GENERATION_LOG, read_generation_log
 from hipgen.data.images import read_image
 from hipgen.data.record import LabelRecord
 from hipgen.errors import FieldError, InputError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"})
-GENERATION_LOG = "generation.jsonl"
 MAX_SIDE = 512  # pixels: the longer side images are kept at
 S3_FILES_PER_IMAGE = 3  # image + sidecars (json, txt): the most objects an s3:// prefix may hold per image
 
@@ -148,21 +147,10 @@ def local_folder(uri: str, field_name: str, *, limit: int | None = None) -> Iter
 
 
 def _requested(root: Path, field_name: str, shown: str) -> dict[str, tuple[float, float]]:
-    log = root / GENERATION_LOG
-    out: dict[str, tuple[float, float]] = {}
-    if not log.is_file():
-        return out
-    for n, line in enumerate(log.read_text(errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            out[str(row["file_name"])] = (float(row["requested_na_left"]), float(row["requested_na_right"]))
-        except (ValueError, KeyError, TypeError) as e:
-            raise SetError(
-                field_name, f"{shown}: {GENERATION_LOG} line {n} is not a generation record ({e})"
-            ) from None
-    return out
+    try:
+        return read_generation_log(root)
+    except ValueError as e:
+        raise SetError(field_name, f"{shown}: {e}") from None
 
 
 def iter_folder(

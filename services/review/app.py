@@ -13,12 +13,14 @@ Pages: ``/`` (dashboard), ``/invite/<token>`` (one-time sign-in), ``/review/<job
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import secrets
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,7 @@ from hipgen import anatomy
 from hipgen.client import ClientError
 from hipgen.data.datasets import FORMATS
 from hipgen.data.record import LabelRecord
-from hipgen.review.display import display_png, list_images, study_images
+from hipgen.review.display import DisplayImage, display_png, list_images, study_images
 from hipgen.review.study import Answer, answers_csv, plan_study, results_csv, results_plot_png, study_results
 from hipgen.settings import Settings
 from services.audit import audit
@@ -117,8 +119,11 @@ def _app(request: Request) -> ReviewApp:
 
 
 def current_user(request: Request) -> User | None:
-    uid = request.session.get("uid")
-    return _app(request).store.user(uid) if isinstance(uid, str) else None
+    """The signed-in person, looked up once per request (the role check and the page both ask)."""
+    if not hasattr(request.state, "user"):
+        uid = request.session.get("uid")
+        request.state.user = _app(request).store.user(uid) if isinstance(uid, str) else None
+    return request.state.user
 
 
 def require(request: Request, *roles: str) -> User:
@@ -288,7 +293,7 @@ async def api_items(request: Request) -> Response:
         if status in ACTIONS and row["decision"] != status:
             continue
         rows.append(row)
-    counts = {a: sum(1 for d in decisions.values() if d == a) for a in ACTIONS}
+    counts = _action_counts(decisions)
     measuring = _app(request).gateway.measuring.get(job_id)
     return JSONResponse(
         {
@@ -300,6 +305,11 @@ async def api_items(request: Request) -> Response:
             "measuring": measuring,
         }
     )
+
+
+def _action_counts(decisions: dict[str, str]) -> dict[str, int]:
+    counted = Counter(decisions.values())
+    return {a: counted[a] for a in ACTIONS}
 
 
 def _item_or_404(ds: JobDataset, key: str) -> ReviewItem:
@@ -320,9 +330,10 @@ async def api_item(request: Request) -> Response:
     require(request, REVIEWER)
     job_id, key, ds, item = await _job_item(request)
     store = _app(request).store
-    history = [e.to_dict() for e in store.events(job_id) if e.file_name == key]
+    history = [e.to_dict() for e in store.events(job_id, key)]
     img = await run_in_threadpool(_display, ds, item)
-    body = _item_json(item, store.decisions(job_id).get(key), store.confidences(job_id).get(key))
+    decision = history[-1]["action"] if history else None
+    body = _item_json(item, decision, store.confidences(job_id).get(key))
     body.update(
         record=item.record.to_dict(),
         history=history,
@@ -331,19 +342,12 @@ async def api_item(request: Request) -> Response:
     return JSONResponse(body)
 
 
-_display_cache: dict[tuple[str, str, str], Any] = {}
-
-
-def _display(ds: JobDataset, item: ReviewItem) -> Any:
-    """The image as the browser sees it (pixels only, no metadata); cached by file and sha-free key."""
-    ck = (str(ds.root), item.key, item.file_name)
-    hit = _display_cache.get(ck)
-    if hit is None:
-        hit = display_png(ds.pixels(item), max_side=DISPLAY_MAX_SIDE)
-        if len(_display_cache) > 512:
-            _display_cache.clear()
-        _display_cache[ck] = hit
-    return hit
+@functools.lru_cache(maxsize=512)
+def _display(ds: JobDataset, item: ReviewItem) -> DisplayImage:
+    """The image as the browser sees it (pixels only, no metadata). Cached: the item page asks for its
+    size and the image route for its bytes; a correction makes a new item (its record changed) but
+    never new pixels, so a stale entry is only ever a spare copy."""
+    return display_png(ds.pixels(item), max_side=DISPLAY_MAX_SIDE)
 
 
 async def api_item_image(request: Request) -> Response:
@@ -432,7 +436,7 @@ async def api_decide(request: Request) -> Response:
                 record.to_dict(),
             )
             trail = [*(e.to_dict() for e in app.store.events(job_id)), event.to_dict()]
-            decisions = {**app.store.decisions(job_id), key: action}
+            decisions = {e["file_name"]: e["action"] for e in trail}  # the latest wins
             corrections = {current.file_name: record} if kp is not None else {}
             manifest = ds.write_back(corrections, trail, decisions)
             app.store.add_event(event)
@@ -487,7 +491,7 @@ async def export(request: Request) -> Response:
     decisions = _app(request).store.decisions(job_id)
     provenance = {
         "reviewed_from_job": job_id,
-        "review": {a: list(decisions.values()).count(a) for a in ACTIONS},
+        "review": _action_counts(decisions),
     }
 
     def build() -> tuple[bytes, int]:

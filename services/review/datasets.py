@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 
 from hipgen.data.convert import convert_dataset
+from hipgen.data.generation_log import read_generation_log
 from hipgen.data.images import decode_image_bytes, read_image
 from hipgen.data.manifest import MANIFEST_NAME, Manifest, read_manifest
 from hipgen.data.record import LabelRecord
 from hipgen.data.relabel import recover_relabel, relabel_dataset
 from hipgen.data.wds import sample_key
-from hipgen.dataset.shards import GENERATION_LOG
 
 log = logging.getLogger("services.review")
 CORRECTIONS_LOG = "review/corrections.jsonl"  # the audit trail, carried inside the dataset
@@ -68,31 +68,16 @@ class JobDataset:
     def manifest(self) -> Manifest:
         return read_manifest(self.root)
 
-    def _requested(self) -> dict[str, tuple[float, float]]:
-        path = self.root / GENERATION_LOG
-        if not path.is_file():
-            return {}
-        out = {}
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                row = json.loads(line)
-                out[item_key(row["file_name"])] = (
-                    float(row["requested_na_left"]),
-                    float(row["requested_na_right"]),
-                )
-        return out
-
     def items(self) -> list[ReviewItem]:
-        """Every labelled image in manifest order (cached until the manifest changes)."""
+        """Every labelled image, by key (cached until the manifest changes)."""
         stamp = (self.root / MANIFEST_NAME).stat().st_mtime_ns
         if self._cache is not None and self._cache[0] == stamp:
             return self._cache[1]
-        requested = self._requested()
+        # by stem: the log keeps the name an image was written under, before any class-folder move
+        requested = {item_key(name): na for name, na in read_generation_log(self.root).items()}
         items = []
         for entry in self.manifest().files:
             for rec in (entry.record,) if entry.record is not None else entry.samples:
-                if rec is None:
-                    continue
                 key = item_key(rec.file_name)
                 items.append(
                     ReviewItem(

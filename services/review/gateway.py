@@ -71,8 +71,7 @@ class GatewayLink:
         """Measure every image through AngleService (via the gateway) and keep the classifier's
         probabilities: the model's confidence a reviewer can filter on. Runs in a background thread;
         ``measuring[job_id]`` says how far it is."""
-        total = len(images)
-        self.measuring[job_id] = (0, total)
+        total = len(images)  # the caller has set measuring[job_id], claiming the job before it started us
         try:
             for i, (key, data) in enumerate(images):
                 r = self.client().predict_angle(data)

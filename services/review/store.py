@@ -280,8 +280,14 @@ class ReviewStore:
         ]
 
     def decisions(self, job_id: str) -> dict[str, str]:
-        """The latest action per image of a job."""
-        return {e.file_name: e.action for e in self.events(job_id)}
+        """The latest action per image of a job (two columns, not the records: the list view asks often)."""
+        with self.engine.connect() as c:
+            rows = c.execute(
+                sa.select(events.c.file_name, events.c.action)
+                .where(events.c.job_id == job_id)
+                .order_by(events.c.event_id)
+            )
+            return {name: action for name, action in rows}
 
     def put_confidences(self, job_id: str, rows: list[tuple[str, float, float]], model: str) -> None:
         with self.engine.begin() as c:
