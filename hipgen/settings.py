@@ -83,6 +83,13 @@ class Settings(BaseSettings):
         "generation and below the pod's terminationGracePeriodSeconds.",
     )
     max_workers: int = Field(8, ge=1, description="Threads serving RPCs concurrently.")
+    max_connection_age_s: float = Field(
+        0.0,
+        ge=0,
+        description="Close each client connection after this many seconds (its calls get `grace_period_s` "
+        "to finish) so that clients re-resolve DNS and reach pods added behind a headless Kubernetes "
+        "Service; 0: connections live on.",
+    )
     generate_max_images: int = Field(
         64, ge=1, description="Most images one GenerateService call may ask for (conditions × images each)."
     )
@@ -144,6 +151,12 @@ class Settings(BaseSettings):
     downstream_ca_file: Path | None = Field(
         None, description="CA bundle to verify the services' TLS certificates; unset: plaintext channels."
     )
+    downstream_lb_policy: Literal["round_robin", "pick_first"] = Field(
+        "round_robin",
+        description="gRPC load balancing of the gateway's and shard workers' channels: `round_robin` spreads "
+        "calls over every address the name resolves to (a headless Service: one per pod, with a "
+        "`dns:///name:port` address); `pick_first` sends them all to one.",
+    )
     dataset_db_url: str = Field(
         "sqlite:///out/datasets.db",
         description="SQLAlchemy URL of the dataset-job database: SQLite by default, or e.g. "
@@ -173,7 +186,8 @@ class Settings(BaseSettings):
     )
     kubernetes_namespace: str = Field("hipgen", description="Namespace of the dataset Indexed Jobs.")
     kubernetes_worker_image: str = Field(
-        "hipgen/worker:0.1.0", description="Image of the shard-worker pods (runs services.gateway.worker)."
+        "hipgen/gateway:0.1.0",
+        description="Image of the shard-worker pods: the gateway's (they run services.gateway.worker).",
     )
     kubernetes_parallelism: int = Field(8, ge=1, description="Shard-worker pods of one Indexed Job at once.")
     kubernetes_shards_per_pod: int = Field(4, ge=1, description="Shards one worker pod (one index) runs.")

@@ -167,6 +167,19 @@ def default_interceptors(settings: Settings, host: str) -> list[grpc.ServerInter
     return [i for i in chain if i is not None]
 
 
+def connection_age_options(settings: Settings) -> list[tuple[str, int]]:
+    """gRPC's server-side connection ageing, when ``max_connection_age_s`` is set. Why: a client
+    balances only over the addresses it resolved when it connected; behind a headless Service, new pods
+    (a scale-up) get traffic only once clients reconnect and re-resolve, which an aged-out connection
+    (GOAWAY, then ``grace_period_s`` for the calls on it) makes them do."""
+    if settings.max_connection_age_s <= 0:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.grace_period_s * 1000)),
+    ]
+
+
 def build_server(
     settings: Settings,
     *,
@@ -213,6 +226,7 @@ def build_server(
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0),  # a busy port must fail loudly, not be shared with another server
+            *connection_age_options(settings),
         ],
     )
     for name in names:

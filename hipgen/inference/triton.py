@@ -55,6 +55,8 @@ _CHANNEL_ARGS = [
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    # with a `dns:///triton:8001` URL and a headless Service: calls spread over every Triton pod
+    ("grpc.lb_policy_name", "round_robin"),
 ]
 
 

@@ -88,7 +88,13 @@ def build_indexed_job(job_id: str, spec: JobSpec, opts: KubeOptions) -> Any:
             restart_policy="Never",
             service_account_name=opts.service_account,
             automount_service_account_token=False,
-            security_context=k.V1PodSecurityContext(run_as_non_root=True, run_as_user=10001, fs_group=10001),
+            security_context=k.V1PodSecurityContext(
+                run_as_non_root=True,
+                run_as_user=10001,
+                run_as_group=10001,
+                fs_group=10001,
+                seccomp_profile=k.V1SeccompProfile(type="RuntimeDefault"),
+            ),
             containers=[container],
             volumes=[
                 k.V1Volume(name="tmp", empty_dir=k.V1EmptyDirVolumeSource(size_limit="2Gi")),
@@ -194,6 +200,47 @@ class KubernetesExecutor:
                 raise
 
 
+def job_yaml(job_id: str, spec: JobSpec, opts: KubeOptions) -> str:
+    """The Indexed Job the gateway would submit for ``spec``, as YAML for ``kubectl``."""
+    import yaml
+
+    return yaml.safe_dump(job_manifest(build_indexed_job(job_id, spec, opts)), sort_keys=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m services.gateway.kube --spec spec.json --job-id ID``: print the Indexed Job of a
+    dataset job (what the gateway submits), e.g. to read or review it; k8s/batch/ keeps one."""
+    import argparse
+    import sys
+
+    from hipgen.settings import get_settings
+
+    settings = get_settings()
+    p = argparse.ArgumentParser(prog="python -m services.gateway.kube", description=main.__doc__)
+    p.add_argument("--spec", required=True, help="the JobSpec as JSON (a file, or - for stdin)")
+    p.add_argument("--job-id", required=True, help="the dataset job's id (the Job is named after it)")
+    p.add_argument("--namespace", default=settings.kubernetes_namespace)
+    p.add_argument("--image", default=settings.kubernetes_worker_image)
+    p.add_argument("--parallelism", type=int, default=settings.kubernetes_parallelism)
+    p.add_argument("--shards-per-pod", type=int, default=settings.kubernetes_shards_per_pod)
+    p.add_argument("--generate-address", default=settings.generate_address)
+    args = p.parse_args(argv)
+    if args.spec == "-":
+        text = sys.stdin.read()
+    else:
+        with open(args.spec, encoding="utf-8") as f:
+            text = f.read()
+    try:
+        spec = JobSpec.from_json(text)
+    except (ValueError, KeyError, TypeError) as e:
+        p.error(f"--spec is not a dataset JobSpec: {type(e).__name__}: {e}")
+    opts = KubeOptions(
+        args.namespace, args.image, args.parallelism, args.shards_per_pod, args.generate_address
+    )
+    sys.stdout.write(job_yaml(args.job_id, spec, opts))
+    return 0
+
+
 __all__ = [
     "KubeJobStatus",
     "KubeOptions",
@@ -202,4 +249,9 @@ __all__ = [
     "job_manifest",
     "job_name",
     "job_status",
+    "job_yaml",
 ]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

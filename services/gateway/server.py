@@ -62,6 +62,9 @@ def downstream_channel(settings: Settings, address: str) -> grpc.Channel:
         ca_file=settings.downstream_ca_file,
         token=downstream_token(settings),
         max_message_bytes=settings.max_message_bytes,
+        # round_robin over every address of a headless Service (one per pod): kube-proxy balances
+        # connections, not calls, and a gRPC channel is one long-lived HTTP/2 connection
+        options=[("grpc.lb_policy_name", settings.downstream_lb_policy)],
     )
 
 
