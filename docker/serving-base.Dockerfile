@@ -40,9 +40,10 @@ COPY hipgen/ hipgen/
 COPY services/ services/
 RUN /opt/protoc/bin/python scripts/gen_protos.py
 
+# python -I: the import check reads the installed venv, not the source tree in the working directory
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir ".[serve]" \
- && /opt/venv/bin/python -c "import hipgen.api.v1.angle_pb2, services.server, onnxruntime" \
+ && /opt/venv/bin/python -I -c "import hipgen.api.v1.angle_pb2, services.server, onnxruntime" \
  && if /opt/venv/bin/python -c "import torch" 2>/dev/null; then \
       echo "torch reached the serving venv" >&2; exit 1; \
     fi

@@ -90,6 +90,12 @@ class Settings(BaseSettings):
         "to finish) so that clients re-resolve DNS and reach pods added behind a headless Kubernetes "
         "Service; 0: connections live on.",
     )
+    max_connection_age_grace_s: float = Field(
+        3600.0,
+        ge=0,
+        description="Seconds the calls on an aged-out connection (`max_connection_age_s`) may still run "
+        "before it is closed under them: above the longest call (a scoring run, a Generate shard).",
+    )
     generate_max_images: int = Field(
         64, ge=1, description="Most images one GenerateService call may ask for (conditions × images each)."
     )

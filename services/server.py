@@ -171,12 +171,13 @@ def connection_age_options(settings: Settings) -> list[tuple[str, int]]:
     """gRPC's server-side connection ageing, when ``max_connection_age_s`` is set. Why: a client
     balances only over the addresses it resolved when it connected; behind a headless Service, new pods
     (a scale-up) get traffic only once clients reconnect and re-resolve, which an aged-out connection
-    (GOAWAY, then ``grace_period_s`` for the calls on it) makes them do."""
+    (GOAWAY: new calls go out on a new connection) makes them do. The calls already on it get
+    ``max_connection_age_grace_s`` to finish before the connection is closed under them."""
     if settings.max_connection_age_s <= 0:
         return []
     return [
         ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
-        ("grpc.max_connection_age_grace_ms", int(settings.grace_period_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_s * 1000)),
     ]
 
 

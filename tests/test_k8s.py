@@ -16,6 +16,7 @@ makes a missing tool a failure.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import os
@@ -31,7 +32,8 @@ import yaml
 
 from hipgen.dataset.spec import JobSpec
 from hipgen.settings import ENV_PREFIX, Settings
-from services.gateway.kube import KubeOptions, KubernetesExecutor, job_yaml
+from services.gateway.kube import KubeOptions, KubernetesExecutor, build_indexed_job, job_manifest, job_yaml
+from services.gateway.server import GENERATE_TIMEOUT_S, SCORE_TIMEOUT_S
 from services.server import SERVICES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -414,7 +416,14 @@ def test_ports_names_and_settings_match_the_services(target: str) -> None:
         host, port = _host_port(address)
         assert host == service and port == HIPGEN_APPS[service]
         assert services[service]["spec"]["clusterIP"] == "None", f"{service} must be headless"
-    assert gateway.downstream_lb_policy == "round_robin" and gateway.max_connection_age_s > 0
+    assert gateway.downstream_lb_policy == "round_robin"
+    # the model services age connections (so the gateway finds new pods) but never cut a call: the
+    # grace covers the gateway's longest deadlines; the single gateway pod does not age its clients'
+    assert gateway.max_connection_age_s == 0, "ageing the gateway would cut long Watch streams"
+    for name in ("angle", "generate", "score"):
+        s = settings_of(deployments[name]["spec"]["template"]["spec"]["containers"][0], objs)
+        assert s.max_connection_age_s > 0, name
+        assert s.max_connection_age_grace_s >= max(GENERATE_TIMEOUT_S, SCORE_TIMEOUT_S), name
     gateway_image = deployments["gateway"]["spec"]["template"]["spec"]["containers"][0]["image"]
     assert gateway.kubernetes_worker_image == gateway_image, "the shard workers run the gateway's image"
     if "triton" in deployments:
@@ -458,8 +467,25 @@ def test_network_policies_allow_exactly_the_call_paths(target: str) -> None:
         for port in rule["ports"]
     }
     assert allowed == {(app, port) for app, port in HIPGEN_APPS.items() if app != "gateway"}
-    scrape = policies["allow-prometheus-scrape"]["spec"]["ingress"][0]
-    assert scrape["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    gateway_ports = {
+        port["port"]
+        for p in policies.values()
+        if p["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name") == "gateway"
+        for rule in p["spec"].get("egress", [])
+        for port in rule["ports"]
+    }
+    assert {443, 6443} <= gateway_ports  # the Kubernetes API (dataset Jobs), s3:// outputs
+    if target == "prod":
+        assert 5432 in gateway_ports, "prod's gateway must reach its PostgreSQL"
+    # Prometheus reaches every pod that serves /metrics (Triton's 8002 included)
+    scrape = policies["allow-prometheus-scrape"]["spec"]
+    assert scrape["ingress"][0]["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    selector = scrape["podSelector"]["matchLabels"]
+    for name, d in by_kind(objs, "Deployment").items():
+        template = d["spec"]["template"]
+        if any(p["name"] == "metrics" for p in template["spec"]["containers"][0]["ports"]):
+            labels = template["metadata"]["labels"]
+            assert selector.items() <= labels.items(), f"Prometheus cannot scrape {name}: {labels}"
 
 
 def test_rbac_is_exactly_what_the_kubernetes_executor_calls() -> None:
@@ -545,3 +571,49 @@ def test_hpa_metrics_are_served_by_the_adapter() -> None:
         assert spec["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300, name
         custom = [m["pods"]["metric"]["name"] for m in spec["metrics"] if m["type"] == "Pods"]
         assert custom and set(custom) <= served, f"{name}: {custom} not in the adapter's {served}"
+
+
+def test_worker_image_follows_the_gateway_image_an_overlay_sets(tmp_path: Path) -> None:
+    """An operator re-points the images at a registry in an overlay of their own: the dataset workers
+    (which run the gateway's image) must follow. Each of our overlays carries the `replacements` rule
+    that does it; here an operator's overlay on top of each, with `images:` and that same rule."""
+    image = "registry.example.org/hipgen/gateway@sha256:" + "ab" * 32
+    name, digest = image.split("@")
+    for target in ("cpu-dev", "gpu", "prod"):
+        rule = yaml.safe_load((TARGETS[target] / "kustomization.yaml").read_text())["replacements"]
+        assert objects(target)  # renders as it is
+        overlay = tmp_path / target
+        overlay.mkdir()
+        kustomization = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [os.path.relpath(TARGETS[target], overlay)],
+            "images": [{"name": "hipgen/gateway", "newName": name, "digest": digest}],
+            "replacements": rule,
+        }
+        (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+        out = subprocess.run(
+            [tool("kubectl"), "kustomize", str(overlay)], capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0, out.stderr
+        objs = [d for d in yaml.safe_load_all(out.stdout) if d]
+        config = next(
+            o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("hipgen-config")
+        )
+        assert config["data"]["HIPGEN_KUBERNETES_WORKER_IMAGE"] == image, target
+        gateway = by_kind(objs, "Deployment")["gateway"]["spec"]["template"]["spec"]["containers"][0]
+        assert gateway["image"] == image
+
+
+def test_dataset_workers_mount_a_token_only_when_the_gateway_has_one() -> None:
+    """Without auth (cpu-dev, gpu) there is no hipgen-downstream-token Secret: a worker pointed at a
+    token file would fail every shard, so the Job carries neither the file nor the Secret."""
+    spec = JobSpec.from_json((K8S / "batch" / "dataset-spec.example.json").read_text())
+    base = KubeOptions("hipgen", "hipgen/gateway:0.1.0", 4, 4, "dns:///generate:50053")
+    for token_secret in ("hipgen-downstream-token", None):
+        opts = dataclasses.replace(base, token_secret=token_secret)
+        pod = job_manifest(build_indexed_job("0123456789abcdef", spec, opts))["spec"]["template"]["spec"]
+        env = {e["name"] for e in pod["containers"][0]["env"]}
+        secrets = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+        assert ("HIPGEN_DOWNSTREAM_TOKEN_FILE" in env) is bool(token_secret)
+        assert secrets == ({token_secret} if token_secret else set())

@@ -29,13 +29,15 @@ T = 5.0
 class PeerRecorder(angle_pb2_grpc.AngleServiceServicer):
     """Answers PredictAngle with an empty response and records which client connection called."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = 0.0) -> None:
         self.peers: list[str] = []
+        self.delay_s = delay_s
         self._lock = threading.Lock()
 
     def PredictAngle(self, request, context):  # noqa: N802 - gRPC's method name
         with self._lock:
             self.peers.append(context.peer())
+        time.sleep(self.delay_s)
         return angle_pb2.PredictAngleResponse()
 
 
@@ -44,12 +46,12 @@ def _settings(**kw: object) -> Settings:
 
 
 @contextmanager
-def angle_servers(n: int, **kw: object) -> Iterator[list[tuple[int, PeerRecorder]]]:
+def angle_servers(n: int, delay_s: float = 0.0, **kw: object) -> Iterator[list[tuple[int, PeerRecorder]]]:
     """``n`` real servers carrying AngleService on free 127.0.0.1 ports."""
     with ExitStack() as stack:
         out = []
         for _ in range(n):
-            rec = PeerRecorder()
+            rec = PeerRecorder(delay_s)
             server, port = build_server(
                 _settings(**kw), services=[ANGLE], servicers={ANGLE: rec}, interceptors=()
             )
@@ -59,12 +61,12 @@ def angle_servers(n: int, **kw: object) -> Iterator[list[tuple[int, PeerRecorder
         yield out
 
 
-def _call(channel: grpc.Channel) -> None:
+def _call(channel: grpc.Channel, timeout: float = T) -> None:
     channel.unary_unary(
         f"/{ANGLE}/PredictAngle",
         request_serializer=angle_pb2.PredictAngleRequest.SerializeToString,
         response_deserializer=angle_pb2.PredictAngleResponse.FromString,
-    )(angle_pb2.PredictAngleRequest(), timeout=T, wait_for_ready=True)
+    )(angle_pb2.PredictAngleRequest(), timeout=timeout, wait_for_ready=True)
 
 
 @pytest.mark.parametrize(("policy", "both_reached"), [("round_robin", True), ("pick_first", False)])
@@ -100,3 +102,17 @@ def test_connection_age_makes_clients_reconnect() -> None:
                 _call(channel)
                 time.sleep(0.2)
         assert len(set(rec.peers)) == 1, rec.peers
+
+
+@pytest.mark.parametrize(("grace_s", "survives"), [(30.0, True), (0.5, False)])
+def test_calls_longer_than_the_connection_age_finish_within_the_grace(grace_s: float, survives: bool) -> None:
+    """Ageing must not cut a long call (a scoring run, a Generate shard): the calls on an aged-out
+    connection get ``max_connection_age_grace_s``; only past it is the connection closed under them."""
+    servers = angle_servers(1, delay_s=2.0, max_connection_age_s=0.3, max_connection_age_grace_s=grace_s)
+    with servers as [(port, _)], downstream_channel(_settings(), f"127.0.0.1:{port}") as channel:
+        if survives:
+            _call(channel, timeout=10)
+        else:
+            with pytest.raises(grpc.RpcError) as e:
+                _call(channel, timeout=10)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -22,6 +22,8 @@ log = logging.getLogger("services.gateway.kube")
 WORKER_COMMAND = ["python", "-m", "services.gateway.worker"]
 LABEL_APP = "app.kubernetes.io/name"
 LABEL_JOB = "hipgen.io/dataset-job"
+TOKEN_DIR = "/var/run/hipgen/token"
+TOKEN_FILE = f"{TOKEN_DIR}/token"
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,9 @@ class KubeOptions:
     shards_per_pod: int
     generate_address: str
     service_account: str = "hipgen-dataset-worker"
-    token_secret: str = "hipgen-downstream-token"  # a Secret with key "token", mounted read-only
+    # a Secret with key "token", mounted read-only, when the services check tokens (the gateway has a
+    # downstream token); None: the workers call without one
+    token_secret: str | None = "hipgen-downstream-token"
     cpu: str = "500m"
     memory: str = "1Gi"
     backoff_limit_per_index: int = 3
@@ -63,8 +67,12 @@ def build_indexed_job(job_id: str, spec: JobSpec, opts: KubeOptions) -> Any:
             k.V1EnvVar(name="HIPGEN_JOB_SPEC", value=spec.to_json()),
             k.V1EnvVar(name="HIPGEN_SHARDS_PER_POD", value=str(opts.shards_per_pod)),
             k.V1EnvVar(name="HIPGEN_GENERATE_ADDRESS", value=opts.generate_address),
-            k.V1EnvVar(name="HIPGEN_DOWNSTREAM_TOKEN_FILE", value="/var/run/hipgen/token/token"),
             k.V1EnvVar(name="HIPGEN_LOG_FORMAT", value="json"),
+            *(
+                [k.V1EnvVar(name="HIPGEN_DOWNSTREAM_TOKEN_FILE", value=TOKEN_FILE)]
+                if opts.token_secret
+                else []
+            ),
         ],
         resources=k.V1ResourceRequirements(
             requests={"cpu": opts.cpu, "memory": opts.memory},
@@ -79,7 +87,11 @@ def build_indexed_job(job_id: str, spec: JobSpec, opts: KubeOptions) -> Any:
         ),
         volume_mounts=[
             k.V1VolumeMount(name="tmp", mount_path="/tmp"),
-            k.V1VolumeMount(name="token", mount_path="/var/run/hipgen/token", read_only=True),
+            *(
+                [k.V1VolumeMount(name="token", mount_path=TOKEN_DIR, read_only=True)]
+                if opts.token_secret
+                else []
+            ),
         ],
     )
     pod = k.V1PodTemplateSpec(
@@ -98,9 +110,10 @@ def build_indexed_job(job_id: str, spec: JobSpec, opts: KubeOptions) -> Any:
             containers=[container],
             volumes=[
                 k.V1Volume(name="tmp", empty_dir=k.V1EmptyDirVolumeSource(size_limit="2Gi")),
-                k.V1Volume(
-                    name="token",
-                    secret=k.V1SecretVolumeSource(secret_name=opts.token_secret, optional=True),
+                *(
+                    [k.V1Volume(name="token", secret=k.V1SecretVolumeSource(secret_name=opts.token_secret))]
+                    if opts.token_secret
+                    else []
                 ),
             ],
         ),

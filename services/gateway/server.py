@@ -119,6 +119,8 @@ def build_gateway(settings: Settings, *, port: int | None = None) -> Gateway:
             parallelism=settings.kubernetes_parallelism,
             shards_per_pod=settings.kubernetes_shards_per_pod,
             generate_address=settings.generate_address,
+            # the workers carry the gateway's downstream token only where the gateway has one
+            token_secret=KubeOptions.token_secret if own_token else None,
         )
     )
     runner = JobRunner(
