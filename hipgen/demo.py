@@ -51,12 +51,15 @@ def _free_port() -> int:
 
 
 def start_server_process(
-    env: dict[str, str], args: tuple[str, ...] = ("services.server",), ready: str = "server listening"
+    env: dict[str, str],
+    args: tuple[str, ...] = ("services.server",),
+    ready: str = "server listening",
+    port: int = 0,
 ) -> tuple[subprocess.Popen[str], int, list[str]]:
-    """Start a server process (``python -m <args>``) on a free port; return it, its port and its log
-    lines so far (it logs ``ready`` with the port once it serves)."""
+    """Start a server process (``python -m <args>``) on ``port`` (0: a free one); return it, its port and
+    its log lines so far (it logs ``ready`` with the port once it serves)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", *args, "--host", "127.0.0.1", "--port", "0"],
+        [sys.executable, "-m", *args, "--host", "127.0.0.1", "--port", str(port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

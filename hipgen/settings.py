@@ -83,6 +83,13 @@ class Settings(BaseSettings):
         "generation and below the pod's terminationGracePeriodSeconds.",
     )
     max_workers: int = Field(8, ge=1, description="Threads serving RPCs concurrently.")
+    max_concurrent_rpcs: int = Field(
+        32,
+        ge=0,
+        description="RPCs a server holds at once, running (`max_workers`) plus queued for a thread, a "
+        "streaming RPC until its stream ends; over it, RESOURCE_EXHAUSTED with RetryInfo at once instead "
+        "of an unbounded queue (health and reflection exempt). Keep it at or above `max_workers`; 0: off.",
+    )
     max_connection_age_s: float = Field(
         0.0,
         ge=0,

@@ -20,9 +20,8 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent import futures
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -41,6 +40,9 @@ from hipgen.api.v1 import (
 from hipgen.logs import configure_logging
 from hipgen.settings import Settings, get_settings
 from services.tls import server_credentials
+
+if TYPE_CHECKING:
+    from services.admission import AdmissionExecutor
 
 log = logging.getLogger("services.server")
 
@@ -155,15 +157,25 @@ SERVICES: dict[str, ServiceSpec] = {
 }
 
 
-def default_interceptors(settings: Settings, host: str) -> list[grpc.ServerInterceptor]:
+def default_interceptors(
+    settings: Settings, host: str, executor: AdmissionExecutor | None = None
+) -> list[grpc.ServerInterceptor]:
     """The interceptor chain every server gets: metrics and request ids first (so that refused calls
     are counted and logged too), then bearer-token auth (binds the client id), then per-client rate
-    limits (keyed by that client id); auth and rate limits only when ``settings`` turn them on."""
+    limits (keyed by that client id), then server-wide admission control on ``executor``, the server's
+    thread pool (:mod:`services.admission`: over ``max_concurrent_rpcs`` running or queued,
+    RESOURCE_EXHAUSTED with RetryInfo); each of the last three only when ``settings`` turn it on."""
+    from services.admission import admission_interceptor
     from services.auth import auth_interceptor
     from services.metrics import MetricsInterceptor
     from services.ratelimit import rate_limit_interceptor
 
-    chain = [MetricsInterceptor(), auth_interceptor(settings, host), rate_limit_interceptor(settings)]
+    chain = [
+        MetricsInterceptor(),
+        auth_interceptor(settings, host),
+        rate_limit_interceptor(settings),
+        admission_interceptor(settings, executor),
+    ]
     return [i for i in chain if i is not None]
 
 
@@ -195,7 +207,8 @@ def build_server(
     """Build and bind (not start) a server; return it with the port it bound.
 
     Args:
-        settings: host, port, ``max_workers`` and ``max_message_bytes`` come from here.
+        settings: host, port, ``max_workers``, ``max_concurrent_rpcs`` and ``max_message_bytes`` come
+            from here.
         port: overrides ``settings.port``; 0 binds a free port (the returned one).
         host: overrides ``settings.host``.
         services: full names of the services to carry (default: all of :data:`SERVICES`); the
@@ -204,7 +217,8 @@ def build_server(
         health_servicer: the ``grpc.health.v1`` servicer to use (default: a new one); pass one to
             flip it to NOT_SERVING at shutdown, as :func:`serve` does.
         interceptors: server interceptors, outermost first; default: :func:`default_interceptors`
-            (metrics and request ids, auth, rate limits, as ``settings`` ask); ``()`` for none.
+            (metrics and request ids, auth, rate limits, admission control, as ``settings`` ask);
+            ``()`` for none.
         proxied: full service name -> a generic handler answering it (the gateway's proxies to the
             model services); listed in health and reflection like the carried services.
 
@@ -220,9 +234,15 @@ def build_server(
     port = settings.port if port is None else port
     credentials = server_credentials(settings)  # TLS / mutual TLS when the settings name a certificate
 
+    from services.admission import AdmissionExecutor
+
+    # counts its tasks (RPCs running + queued) for the admission interceptor; see services.admission
+    executor = AdmissionExecutor(settings.max_workers, thread_name_prefix="grpc")
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="grpc"),
-        interceptors=default_interceptors(settings, host) if interceptors is None else list(interceptors),
+        executor,
+        interceptors=(
+            default_interceptors(settings, host, executor) if interceptors is None else list(interceptors)
+        ),
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),

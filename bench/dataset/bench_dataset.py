@@ -3,9 +3,10 @@
 Starts one GenerateService+AngleService+ScoreService server and the gateway as separate processes (as
 ``make run`` does), then:
 
-1. **throughput**: a ``--count``-image job (LCM-4, image folder, 32 images per shard): images/s from
-   Create to SUCCEEDED, and the peak RSS of the gateway and the model server (sampled every 0.2 s), at
-   the start and at the end — memory must stay flat however many images a job has;
+1. **throughput**: one job per ``--count`` (``--count 1000 10000``; LCM-4, image folder, 32 images per
+   shard): images/s from Create to SUCCEEDED, and the peak RSS of the gateway and the model server
+   (sampled every 0.2 s), at the start and at the end — memory must stay flat however many images a
+   job has;
 2. **resume** (``--resume-count``): a second job, the gateway killed with SIGKILL once a third of its
    shards are recorded, restarted on the same database; the job must finish with a manifest listing
    exactly ``count`` images, every sha256 matching the file, no duplicates, no temp files.
@@ -23,52 +24,25 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
-import psutil
 
 from hipgen.api.v1 import dataset_pb2, dataset_pb2_grpc, generate_pb2
-from hipgen.data.manifest import read_manifest, verify_manifest
 from hipgen.demo import start_server_process
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from bench.common import PeakRss  # noqa: E402
+from bench.reliability.faults import manifest_check as check  # noqa: E402
 
 
 def start(args: list[str], env: dict[str, str], ready: str) -> tuple[subprocess.Popen[str], int]:
     proc, port, _ = start_server_process(env, tuple(args), ready)
     return proc, port
-
-
-class PeakRss:
-    """Peak resident memory of some processes, sampled in a thread."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.procs = {k: psutil.Process(p) for k, p in pids.items()}
-        self.peak = dict.fromkeys(pids, 0)
-        self.first: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            for k, p in self.procs.items():
-                try:
-                    rss = p.memory_info().rss
-                except psutil.Error:
-                    continue
-                self.first.setdefault(k, rss)
-                self.peak[k] = max(self.peak[k], rss)
-
-    def __enter__(self) -> PeakRss:
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._t.join()
 
 
 def job_spec(out: Path, count: int, seed: int) -> dataset_pb2.DatasetJobSpec:
@@ -92,40 +66,41 @@ def watch(stub: dataset_pb2_grpc.DatasetServiceStub, job_id: str) -> dataset_pb2
     return job
 
 
-def check(out: Path, count: int) -> dict[str, object]:
-    report = verify_manifest(out)
-    images = [e.path for e in read_manifest(out).files if e.record]
-    temps = [p.name for p in out.rglob(".*") if p.is_file()]
-    return {
-        "manifest_images": len(images),
-        "distinct": len(set(images)),
-        "sha256_ok": report.ok,
-        "files_checked": report.checked,
-        "temp_files": len(temps),
-        "expected": count,
-    }
-
-
 def _ok(flag: object) -> str:
     return "OK" if flag else "FAILED"
 
 
-def table_rows(results: dict[str, dict]) -> list[str]:
-    """The markdown rows of the summary."""
-    t, r = results["throughput"], results["resume"]
-    rows = [
-        f"| {t['images']}-image job (LCM-4, imagefolder, 32/shard, 2 shard workers) "
-        f"| {t['seconds']} s, {t['images_per_s']} images/s |"
-    ]
-    for k in t["peak_rss_mb"]:
-        start, peak = t["start_rss_mb"].get(k), t["peak_rss_mb"][k]
-        rows.append(f"| RSS {k} start → peak | {start} → {peak} MB |")
-    rows.append(
-        f"| manifest | {t['manifest_images']} images, {t['distinct']} distinct, "
-        f"sha256 {_ok(t['sha256_ok'])}, "
-        f"{t['temp_files']} temp files |"
-    )
-    rows.append(f"| fidelity r / MAE | {t['fidelity']['r']:.2f} / {t['fidelity']['mae_deg']:.1f}° |")
+def table_rows(results: dict[str, Any]) -> list[str]:
+    """The markdown rows of the summary: one block per job size, then the resume."""
+    rows = []
+    for t in results["throughput"]:
+        rows.append(
+            f"| {t['images']}-image job (LCM-4, imagefolder, 32/shard, 2 shard workers) "
+            f"| {t['seconds']} s, {t['images_per_s']} images/s |"
+        )
+        for k in t["peak_rss_mb"]:
+            start, peak = t["start_rss_mb"].get(k), t["peak_rss_mb"][k]
+            rows.append(f"| {t['images']} images: RSS {k} start → peak | {start} → {peak} MB |")
+        rows.append(
+            f"| {t['images']} images: manifest | {t['manifest_images']} images, {t['distinct']} distinct, "
+            f"sha256 {_ok(t['sha256_ok'])}, {t['temp_files']} temp files |"
+        )
+        rows.append(
+            f"| {t['images']} images: fidelity r / MAE | {t['fidelity']['r']:.2f} / "
+            f"{t['fidelity']['mae_deg']:.1f}° |"
+        )
+    if len(results["throughput"]) > 1:
+        a, b = results["throughput"][0], results["throughput"][-1]
+        for k in a["peak_rss_mb"]:
+            rows.append(
+                f"| peak RSS {k}, {b['images']} vs {a['images']} images | "
+                f"{b['peak_rss_mb'][k] / max(1, a['peak_rss_mb'][k]):.2f}× |"
+            )
+        rows.append(
+            f"| images/s, {b['images']} vs {a['images']} images "
+            f"| {b['images_per_s'] / a['images_per_s']:.2f}× |"
+        )
+    r = results["resume"]
     rows.append(
         f"| resume: {r['images']} images, gateway SIGKILLed at {r['shards_recorded_at_kill']}/{r['shards']} "
         f"shards | {r['state']}, {r['manifest_images']} images, {r['distinct']} distinct, "
@@ -136,7 +111,9 @@ def table_rows(results: dict[str, dict]) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--count", type=int, default=1000)
+    ap.add_argument(
+        "--count", type=int, nargs="+", default=[1000], help="job sizes, one job each (e.g. 1000 10000)"
+    )
     ap.add_argument("--resume-count", type=int, default=256)
     ap.add_argument("--out", type=Path, default=Path("out/bench/dataset"))
     args = ap.parse_args()
@@ -158,29 +135,36 @@ def main() -> int:
         "HIPGEN_DATASET_DB_URL": f"sqlite:///{work}/jobs.db",
         "HIPGEN_DATASET_OUTPUT_ROOT": str(work),
     }
-    results: dict[str, object] = {}
+    results: dict[str, Any] = {}
     gw, gport = start(["services.gateway"], gw_env, "gateway listening")
     try:
         with grpc.insecure_channel(f"127.0.0.1:{gport}") as ch:
             stub = dataset_pb2_grpc.DatasetServiceStub(ch)
-            with PeakRss({"gateway": gw.pid, "model server": model.pid}) as rss:
-                t0 = time.perf_counter()
-                job = stub.CreateDatasetJob(
-                    dataset_pb2.CreateDatasetJobRequest(spec=job_spec(work / "throughput", args.count, 1)),
-                    timeout=60,
-                ).job
-                job = watch(stub, job.job_id)
-                dt = time.perf_counter() - t0
-            assert job.state == dataset_pb2.DATASET_JOB_STATE_SUCCEEDED, job.error
-            results["throughput"] = {
-                "images": args.count,
-                "seconds": round(dt, 1),
-                "images_per_s": round(args.count / dt, 2),
-                "peak_rss_mb": {k: round(v / 2**20) for k, v in rss.peak.items()},
-                "start_rss_mb": {k: round(v / 2**20) for k, v in rss.first.items()},
-                "fidelity": {"r": job.fidelity.pearson_r, "mae_deg": job.fidelity.mae_deg},
-                **check(work / "throughput", args.count),
-            }
+            results["throughput"] = []
+            for i, count in enumerate(args.count):
+                with PeakRss({"gateway": gw.pid, "model server": model.pid}) as rss:
+                    t0 = time.perf_counter()
+                    job = stub.CreateDatasetJob(
+                        dataset_pb2.CreateDatasetJobRequest(
+                            spec=job_spec(work / f"jobs-{count}", count, 1 + i)
+                        ),
+                        timeout=60,
+                    ).job
+                    job = watch(stub, job.job_id)
+                    dt = time.perf_counter() - t0
+                assert job.state == dataset_pb2.DATASET_JOB_STATE_SUCCEEDED, job.error
+                results["throughput"].append(
+                    {
+                        "images": count,
+                        "seconds": round(dt, 1),
+                        "images_per_s": round(count / dt, 2),
+                        "peak_rss_mb": {k: round(v / 2**20) for k, v in rss.peak.items()},
+                        "start_rss_mb": {k: round(v / 2**20) for k, v in rss.first.items()},
+                        "fidelity": {"r": job.fidelity.pearson_r, "mae_deg": job.fidelity.mae_deg},
+                        **check(work / f"jobs-{count}", count),
+                    }
+                )
+                print(json.dumps(results["throughput"][-1]), flush=True)
             out = work / "resume"
             job = stub.CreateDatasetJob(
                 dataset_pb2.CreateDatasetJobRequest(spec=job_spec(out, args.resume_count, 2)), timeout=60
@@ -214,8 +198,9 @@ def main() -> int:
         print(row)
     (work / "results.json").write_text(json.dumps(results, indent=1))
     print(f"\nJSON: {work / 'results.json'}")
-    t, r = results["throughput"], results["resume"]
-    ok = t["sha256_ok"] and r["sha256_ok"] and r["manifest_images"] == r["expected"] == r["distinct"]
+    r = results["resume"]
+    ok = all(t["sha256_ok"] and t["manifest_images"] == t["images"] for t in results["throughput"])
+    ok = ok and r["sha256_ok"] and r["manifest_images"] == r["expected"] == r["distinct"]
     return 0 if ok else 1
 
 
