@@ -104,7 +104,20 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-bench: setup-train
+# BentoML as a baseline deployment of the angle models (bench/angle/bento_service.py), in its own venv:
+# bentoml pins dozens of packages (starlette, opentelemetry, ...) that must not move the project's own.
+# hipgen goes in with --no-deps plus only what its measurer imports (numpy, Pillow, OpenCV, ONNX Runtime,
+# pydantic-settings for the pixel cap): no torch, no webdataset, no gRPC.
+BENTO_VENV := .venv-bento
+$(STAMPS)/bento: Makefile | $(STAMPS)/core
+	$(PYTHON) -m venv $(BENTO_VENV)
+	$(BENTO_VENV)/bin/python -m pip --disable-pip-version-check -q install \
+	  'bentoml==1.4.40' 'onnxruntime>=1.17' 'numpy>=1.26' 'pillow>=10.0' 'opencv-python-headless>=4.9' \
+	  'pydantic-settings>=2.2'
+	$(BENTO_VENV)/bin/python -m pip --disable-pip-version-check -q install --no-deps -e .
+	@mkdir -p $(STAMPS) && touch $@
+
+bench: setup-train $(STAMPS)/bento
 	$(BIN)/python bench/phantom/bench_phantom.py
 	$(BIN)/python bench/angle/bench_angle.py
 	$(BIN)/python bench/generate/bench_generate.py
