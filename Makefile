@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMPS := $(VENV)/.stamps
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run serve review test setup setup-train protos lint bench phantom-grid clean certs
+.PHONY: run serve review test setup setup-train protos lint bench reliability phantom-grid clean certs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -117,12 +117,26 @@ $(STAMPS)/bento: Makefile | $(STAMPS)/core
 	$(BENTO_VENV)/bin/python -m pip --disable-pip-version-check -q install --no-deps -e .
 	@mkdir -p $(STAMPS) && touch $@
 
+# every benchmark prints a markdown table of ratios measured in one run and writes JSON under out/bench/;
+# not part of `make test` (about an hour on 2 cores, most of it the 10k-image dataset job:
+# DATASET_COUNTS="1000" for a shorter run)
+DATASET_COUNTS ?= 1000 10000
+SCORE_SIZES ?= 1000 10000
 bench: setup-train $(STAMPS)/bento
 	$(BIN)/python bench/phantom/bench_phantom.py
 	$(BIN)/python bench/angle/bench_angle.py
 	$(BIN)/python bench/generate/bench_generate.py
-	$(BIN)/python bench/dataset/bench_dataset.py --count 1000 --resume-count 256
+	$(BIN)/python bench/score/bench_score.py --sizes $(SCORE_SIZES)
+	$(BIN)/python bench/dataset/bench_dataset.py --count $(DATASET_COUNTS) --resume-count 256
 	$(BIN)/python bench/review/bench_review.py --review 20 --study 10
+
+# the reliability harness (bench/reliability): a load test of 50 clients for LOAD_S seconds (LOAD_S=300
+# for the long run), fault injection (kill -9, full disk, S3 500s, a slow backend) and 10k fuzz cases;
+# writes out/reliability/summary.md and fails when any check fails. `make test` runs a fast subset.
+LOAD_S ?= 120
+FUZZ_CASES ?= 10000
+reliability: setup-train
+	$(BIN)/python -m bench.reliability --duration $(LOAD_S) --cases $(FUZZ_CASES) --out out/reliability
 
 # a development CA, server (localhost, 127.0.0.1, ::1) and client certificate for TLS / mutual TLS;
 # git-ignored, never committed; remade only when missing or when the script changes
@@ -135,4 +149,4 @@ phantom-grid: setup
 	$(BIN)/hipgen grid --out docs/phantom_grid.png
 
 clean:
-	rm -rf $(VENV) $(LINT_VENV) out hipgen/api/v1 .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LINT_VENV) $(BENTO_VENV) out hipgen/api/v1 .pytest_cache .ruff_cache

@@ -192,7 +192,11 @@ class Settings(BaseSettings):
         8, ge=0, description="Most regenerations per image a tolerance filter may ask for."
     )
     dataset_shard_retries: int = Field(
-        4, ge=0, description="Retries of a shard whose Generate call failed with UNAVAILABLE or a deadline."
+        8,
+        ge=0,
+        description="Retries of a shard whose Generate call failed with UNAVAILABLE, RESOURCE_EXHAUSTED or a "
+        "deadline, or whose writes failed (a full disk, S3 5xx): backoff doubles from 1 s up to 30 s (at "
+        "least a server's RetryInfo), so the default 8 ride out about 2 minutes of outage.",
     )
     dataset_executor: Literal["local", "kubernetes"] = Field(
         "local", description="Where shards run unless a job says: `local` (worker pool) or `kubernetes`."

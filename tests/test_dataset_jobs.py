@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -484,3 +485,165 @@ def test_webdataset_with_a_test_split_logs_each_file_with_its_own_request(
     assert [r["file_name"] for r in logged] == [f"{i:06d}.png" for i in range(8)]
     for row, want in zip(logged, plan.angles.tolist(), strict=True):
         assert (row["requested_na_left"], row["requested_na_right"]) == pytest.approx(tuple(want))
+
+
+# --- transient storage errors (a full disk, S3 answering 5xx) ----------------------------------------------
+def test_a_shard_is_retried_on_a_transient_storage_error_but_not_on_a_permanent_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ENOSPC / EREMOTEIO (S3 5xx after botocore's retries) are retried with the shard's backoff like
+    UNAVAILABLE; a forbidden or missing destination is not; a cancel between attempts gives up."""
+    import errno
+
+    from hipgen.dataset.destination import DestinationError
+    from services.gateway import shard as shard_mod
+
+    spec_ = JobSpec("file:///tmp/x", "imagefolder", 4, AngleSpec("uniform", 80, 120), images_per_shard=2)
+    failures: list[BaseException] = []
+    calls: list[int] = []
+
+    def fake_run_shard(*args: Any, **kwargs: Any) -> str:
+        calls.append(1)
+        if failures:
+            raise failures.pop(0)
+        return "record"
+
+    monkeypatch.setattr(shard_mod, "run_shard", fake_run_shard)
+    waits: list[float] = []
+
+    def run(**kw: Any) -> Any:
+        calls.clear()
+        waits.clear()
+        args = {"retries": 3, "base_delay_s": 0.5, "wait": lambda d: waits.append(d) or False, **kw}
+        return shard_mod.run_shard_retrying(spec_, 0, lambda: None, None, **args)  # type: ignore[arg-type]
+
+    failures[:] = [OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EREMOTEIO, "500")]
+    assert run() == "record" and len(calls) == 3 and waits == [0.5, 1.0]
+    for permanent in (PermissionError(errno.EACCES, "denied"), DestinationError("no bucket")):
+        failures[:] = [permanent]
+        with pytest.raises(OSError):
+            run()
+        assert len(calls) == 1 and waits == []
+    failures[:] = [OSError(errno.ENOSPC, "full")] * 4
+    with pytest.raises(OSError, match="full"):  # the last failure, after 3 retries
+        run()
+    assert len(calls) == 4 and waits == [0.5, 1.0, 2.0]
+    failures[:] = [OSError(errno.ENOSPC, "full")]
+    assert run(cancelled=lambda: bool(calls)) is None and len(calls) == 1  # cancelled: no second try
+
+
+@contextmanager
+def running_job(tmp_path: Path, model_address: str, count: int = 4) -> Iterator[tuple[JobStore, str, Path]]:
+    """One job (``count`` images, 2 per shard) run by a JobRunner with a fast backoff (2 retries) on the
+    test's model server; yields its store, id and output folder."""
+    import functools
+
+    from hipgen.api.v1 import generate_pb2_grpc
+    from services.gateway.jobs import JobRunner, RunnerConfig
+
+    store = JobStore(f"sqlite:///{tmp_path}/jobs.db")
+    channel = grpc.insecure_channel(model_address)
+    stub = generate_pb2_grpc.GenerateServiceStub(channel)
+    runner = JobRunner(
+        store,
+        RunnerConfig(shard_workers=1, shard_retries=2, retry_base_s=0.01),
+        generate=lambda: functools.partial(stub.Generate, timeout=T),
+    )
+    out = tmp_path / "out"
+    s = JobSpec(
+        out.as_uri(),
+        "imagefolder",
+        count,
+        AngleSpec("uniform", 80, 115),
+        seed=3,
+        sampler="lcm",
+        images_per_shard=2,
+    )
+    row, _ = store.create(
+        s.to_json(), request_id=None, owner="", images_total=count, shards_total=s.shard_count
+    )
+    try:
+        runner.start()
+        runner.submit(row.job_id)
+        yield store, row.job_id, out
+    finally:
+        runner.stop()
+        channel.close()
+        store.close()
+
+
+def _final(store: JobStore, job_id: str) -> Any:
+    deadline = time.monotonic() + T
+    while time.monotonic() < deadline:
+        row = store.get(job_id)
+        if row is not None and row.state in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            return row
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish: {store.get(job_id)}")
+
+
+def test_transient_storage_errors_anywhere_in_a_job_are_retried_and_the_job_succeeds(
+    tmp_path: Path, model_address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard write (S3 500), the shard-record scan at the start (S3 500) and the manifest (a full disk)
+    each fail once: the job still ends SUCCEEDED with exactly its images (it used to fail — the scan and
+    the manifest even as INTERNAL "internal error")."""
+    import errno
+
+    from hipgen.dataset import shards as shards_mod
+    from services.gateway import jobs as jobs_mod
+    from services.gateway import shard as shard_mod
+
+    def failing_once(fn: Any, err: OSError) -> Any:
+        state = {"failed": False}
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if not state["failed"]:
+                state["failed"] = True
+                raise err
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(
+        shard_mod, "write_shard", failing_once(shards_mod.write_shard, OSError(errno.EREMOTEIO, "500"))
+    )
+    monkeypatch.setattr(
+        jobs_mod,
+        "read_shard_record",
+        failing_once(shards_mod.read_shard_record, OSError(errno.EREMOTEIO, "500")),
+    )
+    monkeypatch.setattr(
+        jobs_mod,
+        "finalize",
+        failing_once(shards_mod.finalize, OSError(errno.ENOSPC, "No space left on device")),
+    )
+    with running_job(tmp_path, model_address) as (store, job_id, out):
+        row = _final(store, job_id)
+    assert row.state == "SUCCEEDED", row.error_message
+    assert verify_manifest(out).ok and len([e for e in read_manifest(out).files if e.record]) == 4
+    assert not [p for p in out.rglob(".*") if p.is_file()]
+
+
+def test_a_destination_that_stays_broken_fails_the_job_unavailable_naming_the_cause(
+    tmp_path: Path, model_address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest cannot be written however often it is tried: FAILED with UNAVAILABLE and the
+    destination's error (it used to be INTERNAL "internal error (the gateway log has the details)")."""
+    import errno
+
+    from services.gateway import jobs as jobs_mod
+
+    tries: list[int] = []
+
+    def broken_finalize(*args: Any, **kwargs: Any) -> Any:
+        tries.append(1)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(jobs_mod, "finalize", broken_finalize)
+    with running_job(tmp_path, model_address) as (store, job_id, out):
+        row = _final(store, job_id)
+    assert row.state == "FAILED" and row.error_code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert "No space left on device" in row.error_message and out.as_uri() in row.error_message
+    assert len(tries) == 3  # 1 + shard_retries
+    assert len(list((out / "_shards").glob("0*.json"))) == 2  # the written shards are kept

@@ -28,6 +28,16 @@ class DestinationError(OSError):
     """The destination cannot be used (missing bucket, not writable, not empty)."""
 
 
+class DestinationUnavailableError(OSError):
+    """The destination could not be checked just now (S3 unreachable or answering 5xx after botocore's
+    own retries): unlike :class:`DestinationError` nothing is known to be wrong with the request, so
+    callers answer UNAVAILABLE and a later try may succeed."""
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [""])[0][:200]
+
+
 class Destination:
     """A dataset job's output root. Relative paths are POSIX and stay inside the root."""
 
@@ -105,15 +115,23 @@ class Destination:
                 if not existing.is_dir() or not os.access(existing, os.W_OK):
                     raise DestinationError(f"{self.uri}: {existing} is not a writable folder")
             else:
+                # fs.info, not fs.exists: exists() answers False for any error, so an S3 outage (5xx)
+                # would read as a missing bucket; info() raises FileNotFoundError only for a 404
                 bucket = self._prefix.split("/", 1)[0]
-                if not self._fs.exists(bucket):
-                    raise DestinationError(f"{self.uri}: bucket {bucket!r} does not exist")
-        except DestinationError:
+                try:
+                    self._fs.info(bucket)
+                except FileNotFoundError:
+                    raise DestinationError(f"{self.uri}: bucket {bucket!r} does not exist") from None
+                except PermissionError as e:
+                    raise DestinationError(f"{self.uri}: access denied: {_first_line(e)}") from None
+                except Exception as e:  # noqa: BLE001 - 5xx, connection refused (botocore's own errors)
+                    raise DestinationUnavailableError(
+                        f"{self.uri}: the store did not answer: {type(e).__name__}: {_first_line(e)}"
+                    ) from None
+        except (DestinationError, DestinationUnavailableError):
             raise
         except OSError as e:
-            raise DestinationError(
-                f"{self.uri}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-            ) from None
+            raise DestinationError(f"{self.uri}: {type(e).__name__}: {_first_line(e)}") from None
 
     def sweep_temp_files(self) -> int:
         """Remove temp files a killed writer left behind (locally; S3 never has partial objects)."""
@@ -150,4 +168,4 @@ class Destination:
             self._fs.put_file(str(staged / rel), f"{self._prefix}/{rel}")
 
 
-__all__ = ["Destination", "DestinationError"]
+__all__ = ["Destination", "DestinationError", "DestinationUnavailableError"]

@@ -6,6 +6,11 @@ says what the client sees; the shard records in the destination say what is writ
 runner re-queues every job the database says was QUEUED, RUNNING or CANCELLING, and a resumed job
 skips the shards that already have a record — so killing the gateway mid-job loses at most the shards
 in flight, which are re-run with the same seeds.
+
+A transient error — GenerateService restarting or overloaded, a full disk, S3 answering 5xx — is retried
+with exponential backoff (``dataset_shard_retries`` times: a shard is re-run whole, a manifest rewritten)
+before the job fails — with GenerateService's code, or UNAVAILABLE for the destination — and a message
+naming the cause.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
@@ -37,10 +42,11 @@ from hipgen.dataset.shards import (
 from hipgen.dataset.spec import JobSpec
 from services.gateway.kube import KubernetesExecutor
 from services.gateway.labeled import GenerateCall
-from services.gateway.shard import run_shard_retrying
+from services.gateway.shard import retrying, run_shard_retrying
 from services.gateway.store import ACTIVE, CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
 
 log = logging.getLogger("services.gateway.jobs")
+T = TypeVar("T")
 
 SCORE_REPORT = "score/report.json"
 
@@ -77,8 +83,10 @@ class _Progress:
     images_rejected: int = 0
     out_of_tolerance: int = 0
     shards_done: int = 0
+    shards: set[int] = field(default_factory=set)
 
     def add(self, rec: ShardRecord) -> None:
+        self.shards.add(rec.shard)
         self.images_done += rec.images
         self.bytes_written += rec.bytes
         self.images_rejected += rec.rejected
@@ -218,24 +226,20 @@ class JobRunner:
             if current is not None and current.state == CANCELLING:
                 self._finish_cancel(job_id, spec, dest)
             return
-        if finished_manifest(dest, job_id):  # killed after the manifest, before SUCCEEDED: never redo it
-            self._succeed(job_id, spec, dest)
-            return
-        done = _Progress()
-        todo = []
-        for s in range(spec.shard_count):
-            rec = read_shard_record(dest, s)
-            if rec is None:
-                todo.append(s)
-            else:
-                done.add(rec)
-        self._save_progress(job_id, spec, done)
-        dest.sweep_temp_files()
         try:
+            # killed after the manifest, before SUCCEEDED: never redo it
+            if self._storage(lambda: finished_manifest(dest, job_id), "reading the manifest", job_id):
+                self._succeed(job_id, spec, dest)
+                return
+            done = self._storage(lambda: self._recorded(spec, dest), "reading the shard records", job_id)
+            todo = [s for s in range(spec.shard_count) if s not in done.shards]
+            self._save_progress(job_id, spec, done)
+            self._storage(dest.sweep_temp_files, "removing temp files", job_id)
             if spec.executor == "kubernetes":
                 self._run_kubernetes(job_id, spec, dest, done)
             else:
                 self._run_local(job_id, spec, dest, todo, done)
+            self._succeed(job_id, spec, dest)
         except Exception as e:
             if self._stop.is_set():
                 return  # the gateway is stopping: the job stays RUNNING and resumes on the next start
@@ -243,8 +247,28 @@ class JobRunner:
                 self._handle_failure(job_id, spec, e)
                 return
             self._finish_cancel(job_id, spec, dest)
-            return
-        self._succeed(job_id, spec, dest)
+
+    def _storage(self, fn: Callable[[], T], what: str, job_id: str) -> T:
+        """A read or write of the destination outside the shards, retried like a shard (same budget and
+        backoff) while it fails transiently: a full disk, S3 answering 5xx."""
+        return retrying(
+            fn,
+            retries=self.config.shard_retries,
+            base_delay_s=self.config.retry_base_s,
+            wait=self._stop.wait,
+            what=what,
+            extra={"job_id": job_id},
+        )
+
+    @staticmethod
+    def _recorded(spec: JobSpec, dest: Destination) -> _Progress:
+        """The shards with a record in the destination, added up."""
+        done = _Progress()
+        for s in range(spec.shard_count):
+            rec = read_shard_record(dest, s)
+            if rec is not None:
+                done.add(rec)
+        return done
 
     def _handle_failure(self, job_id: str, spec: JobSpec, e: Exception) -> None:
         """A job that cannot go on: FAILED with the code and a one-line reason; anything unexpected is
@@ -261,7 +285,9 @@ class JobRunner:
     def _succeed(self, job_id: str, spec: JobSpec, dest: Destination) -> None:
         """Manifest (idempotent), score, then SUCCEEDED — or CANCELLED, with the complete manifest, when a
         cancel came in meanwhile."""
-        result = finalize(dest, spec, provenance(job_id, spec))
+        result = self._storage(
+            lambda: finalize(dest, spec, provenance(job_id, spec)), "writing the manifest", job_id
+        )
         changes: dict[str, Any] = {
             "manifest_uri": dest.uri_of("manifest.json"),
             "fidelity_json": json.dumps(asdict(result.fidelity)) if result.fidelity else "",
@@ -342,11 +368,7 @@ class JobRunner:
             if self._cancelled(job_id):
                 raise Cancelled()  # _finish_cancel deletes the Job (not when the gateway is only stopping)
             status = self.kube.status(name)
-            progress = _Progress()
-            for s in range(spec.shard_count):
-                rec = read_shard_record(dest, s)
-                if rec is not None:
-                    progress.add(rec)
+            progress = self._storage(lambda: self._recorded(spec, dest), "reading the shard records", job_id)
             self._save_progress(job_id, spec, progress)
             if status.failed_reason:
                 raise ShardFailedError(f"Kubernetes Job {name} failed: {status.failed_reason}")

@@ -6,18 +6,21 @@ gives the same files wherever it runs.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TypeVar
 
 import grpc
 from prometheus_client import Counter
 
 from hipgen.api.v1 import common_pb2, generate_pb2
+from hipgen.client.errors import ClientError
 from hipgen.data.images import decode_image_bytes
 from hipgen.data.record import LabelRecord, caption
-from hipgen.dataset.destination import Destination
+from hipgen.dataset.destination import Destination, DestinationError
 from hipgen.dataset.shards import KeptImage, RejectedAttempt, ShardRecord, write_shard
 from hipgen.dataset.spec import JobSpec, ShardPlan
 from services.angle.servicer import label_from_proto
@@ -117,12 +120,82 @@ RETRYABLE = (
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 )
-SHARD_RETRIES = Counter("hipgen_dataset_shard_retries", "Shards retried after a transient error.", ["code"])
+SHARD_RETRIES = Counter(
+    "hipgen_dataset_shard_retries",
+    "Shards (and destination reads/writes) retried after a transient error: the gRPC code, or the errno "
+    "name of a storage error (ENOSPC, EREMOTEIO for S3's 5xx, ...).",
+    ["code"],
+)
+
+T = TypeVar("T")
 
 
 def _sleep(delay_s: float) -> bool:
     time.sleep(delay_s)
     return False
+
+
+def retry_code(e: BaseException) -> str | None:
+    """Why ``e`` is worth another try — its gRPC code (GenerateService restarting, scaling, overloaded) or
+    its errno name (the destination: a full disk, S3 answering 5xx after botocore's own retries) — or
+    None when it is not (a bad request, a bug)."""
+    if isinstance(e, grpc.RpcError):
+        code = e.code()
+        return code.name if code in RETRYABLE else None
+    if isinstance(e, (DestinationError, PermissionError, FileNotFoundError)):
+        return None  # misconfigured, forbidden, or gone (S3: 403, 404): another try cannot help
+    if isinstance(e, OSError):
+        return errno.errorcode.get(e.errno or 0, type(e).__name__)
+    return None
+
+
+MAX_BACKOFF_S = 30.0  # with the default 8 retries: about 2 minutes for a pod (or Triton) to come back
+
+
+def backoff_s(e: BaseException, attempt: int, base_delay_s: float) -> float:
+    """Seconds to wait before retry ``attempt + 1``: exponential (``base_delay_s · 2^attempt``, at most
+    :data:`MAX_BACKOFF_S`), and never shorter than a server's ``RetryInfo`` asks (an overloaded
+    GenerateService says when a slot is likely free; retrying sooner only adds to the queue it refused)."""
+    delay = min(MAX_BACKOFF_S, base_delay_s * 2**attempt)
+    if isinstance(e, grpc.RpcError):
+        advised = ClientError.from_rpc_error(e).retry_after_s
+        if advised is not None:
+            delay = max(delay, min(advised, MAX_BACKOFF_S))
+    return delay
+
+
+class RetryStopped(Exception):
+    """:func:`retrying` gave up between two attempts because ``wait`` said so (stopping, cancelled)."""
+
+
+def retrying(
+    fn: Callable[[], T],
+    *,
+    retries: int,
+    base_delay_s: float = 1.0,
+    wait: Callable[[float], bool] = _sleep,
+    what: str = "destination",
+    extra: dict[str, object] | None = None,
+) -> T:
+    """``fn()``, run again with exponential backoff (:func:`backoff_s`) while it raises a
+    transient error (:func:`retry_code`); other errors and the last failure raise. ``wait(delay)``
+    returning True (the runner is stopping, the job was cancelled) raises :class:`RetryStopped`."""
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except (grpc.RpcError, OSError) as e:
+            code = retry_code(e)
+            if code is None or attempt == retries:
+                raise
+            SHARD_RETRIES.labels(code).inc()
+            delay = backoff_s(e, attempt, base_delay_s)
+            log.warning(
+                f"{what} failed; retrying",
+                extra={**(extra or {}), "code": code, "error": str(e)[:300], "retry_in_s": delay},
+            )
+            if wait(delay):
+                raise RetryStopped() from e
+    raise AssertionError("unreachable")  # the last attempt returned or raised
 
 
 def run_shard_retrying(
@@ -137,31 +210,33 @@ def run_shard_retrying(
     cancelled: Callable[[], bool] = lambda: False,
 ) -> ShardRecord | None:
     """:func:`run_shard`, run again with exponential backoff while GenerateService answers a transient
-    error (restarting, scaling, overloaded); other errors and the last failure raise. ``wait(delay)``
-    returning True (the runner is stopping) or ``cancelled()`` gives up with None. The local runner
-    and the Kubernetes shard worker both retry through this."""
-    for attempt in range(retries + 1):
-        try:
-            return run_shard(spec, shard, generate(), dest, cancelled=cancelled)
-        except grpc.RpcError as e:
-            code = e.code()
-            if code not in RETRYABLE or attempt == retries:
-                raise
-            SHARD_RETRIES.labels(code.name).inc()
-            delay = base_delay_s * 2**attempt
-            log.warning(
-                "shard failed; retrying", extra={"shard": shard, "code": code.name, "retry_in_s": delay}
-            )
-            if wait(delay) or cancelled():
-                return None
-    return None
+    error (restarting, scaling, overloaded) or writing the destination fails (a full disk, S3 5xx: a
+    re-run writes the same files over whatever the failed one left); other errors and the last failure
+    raise. ``wait(delay)`` returning True (the runner is stopping) or ``cancelled()`` gives up with None.
+    The local runner and the Kubernetes shard worker both retry through this."""
+    try:
+        return retrying(
+            lambda: run_shard(spec, shard, generate(), dest, cancelled=cancelled),
+            retries=retries,
+            base_delay_s=base_delay_s,
+            wait=lambda delay: wait(delay) or cancelled(),
+            what="shard",
+            extra={"shard": shard},
+        )
+    except RetryStopped:
+        return None
 
 
 __all__ = [
     "DEFAULT_CHUNK",
     "RETRYABLE",
+    "MAX_BACKOFF_S",
+    "RetryStopped",
+    "backoff_s",
     "generate_request",
     "labelled_record",
+    "retry_code",
+    "retrying",
     "run_shard",
     "run_shard_retrying",
 ]

@@ -9,7 +9,8 @@ Environment (the gateway's Job object sets it; see :mod:`services.gateway.kube`)
 
 A shard already recorded in the destination is skipped, so a retried pod redoes only what its
 predecessor had not finished. Exit status: 0 when every shard of the index is recorded, 1 on a
-failure (Kubernetes then retries this index), 2 on a bad environment (retrying cannot help).
+failure of GenerateService or of the destination after the retries (Kubernetes then retries this
+index), 2 on a bad environment (retrying cannot help).
 """
 
 from __future__ import annotations
@@ -57,15 +58,18 @@ def main() -> int:
             generate_pb2_grpc.GenerateServiceStub(channel).Generate, timeout=GENERATE_TIMEOUT_S
         )
         for shard in shards:
-            if read_shard_record(dest, shard) is not None:
-                log.info("shard already written", extra={"shard": shard})
-                continue
             try:
+                if read_shard_record(dest, shard) is not None:
+                    log.info("shard already written", extra={"shard": shard})
+                    continue
                 rec = run_shard_retrying(
                     spec, shard, lambda: generate, dest, retries=settings.dataset_shard_retries
                 )
             except grpc.RpcError as e:
                 log.error("shard failed", extra={"shard": shard, "code": e.code().name})
+                return 1
+            except OSError as e:  # the destination (a full disk, S3 down) after the retries
+                log.error("shard failed", extra={"shard": shard, "code": "STORAGE", "error": str(e)[:300]})
                 return 1
             log.info("shard written", extra={"shard": shard, "images": rec.images if rec else 0})
     log.info("index done", extra={"index": index, "shards": [shards.start, shards.stop]})
