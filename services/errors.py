@@ -55,6 +55,12 @@ class RequestError(Exception):
         return cls(grpc.StatusCode.RESOURCE_EXHAUSTED, message, retry_after_s=retry_after_s)
 
     @classmethod
+    def unavailable(cls, err: BaseException):  # noqa: ANN206 - the calling subclass
+        """UNAVAILABLE for a backend that cannot be reached now (a Triton server restarting): callers
+        retry that (the gateway's shards do), unlike INTERNAL, which says something is broken here."""
+        return cls(grpc.StatusCode.UNAVAILABLE, f"inference backend unavailable: {str(err)[:300]}")
+
+    @classmethod
     def invalid(cls, violations: Sequence[FieldViolation]):  # noqa: ANN206 - the calling subclass
         """INVALID_ARGUMENT naming every bad field — at most :data:`MAX_VIOLATIONS` of them, so that the
         status stays well inside gRPC's default 8 KiB of trailing metadata."""

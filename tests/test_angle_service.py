@@ -650,3 +650,20 @@ def test_default_model_measures_phantoms_geometrically_right(stub: angle_pb2_grp
     errors = [e for r in report for e in r["na_err_deg"]]
     assert np.mean(errors) < 2.5 and max(errors) < 8.0, json.dumps(report)
     assert all(r["point_err_frac"] < 0.03 for r in report), json.dumps(report)
+
+
+class _UnreachableBackend(_FakeBackend):
+    """A Triton server that went away after the models loaded."""
+
+    def infer(self, model: str, inputs: Any) -> dict[str, np.ndarray]:
+        from hipgen.inference.backend import BackendUnavailableError
+
+        raise BackendUnavailableError("Triton at 127.0.0.1:8001 did not answer")
+
+
+def test_an_unreachable_backend_answers_unavailable_not_internal():
+    # UNAVAILABLE is what clients and the gateway's shards retry; INTERNAL would fail a dataset job
+    servicer = AngleServicer(_UnreachableBackend(), settings=Settings(max_image_pixels=CAP))
+    replies = list(servicer._answer_batch([_item("a", _request(GOOD_PNG))], _Context()))
+    assert replies[0].error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert "127.0.0.1:8001" in replies[0].error.message

@@ -227,3 +227,31 @@ def _settle(backend: _CountingBackend) -> int:
             return last
         last = backend.unet_calls
     return backend.unet_calls
+
+
+class _TritonGoneBackend(OrtBackend):
+    """The models loaded, then the Triton server behind them went away (killed, restarting)."""
+
+    def infer(self, model, inputs):  # noqa: ANN001, ANN201
+        from hipgen.inference.backend import BackendUnavailableError
+
+        if model.startswith("generator"):
+            raise BackendUnavailableError("Triton at 127.0.0.1:8001 did not answer")
+        return super().infer(model, inputs)
+
+
+def test_an_unreachable_backend_answers_unavailable_so_that_shards_retry(tiny_generator_repo: Path) -> None:
+    from concurrent import futures
+
+    servicer = GenerateServicer(_TritonGoneBackend(tiny_generator_repo), _settings(tiny_generator_repo))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    generate_pb2_grpc.add_GenerateServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch, pytest.raises(grpc.RpcError) as err:
+            list(generate_pb2_grpc.GenerateServiceStub(ch).Generate(_request((100, 100)), timeout=60))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "127.0.0.1:8001" in err.value.details()
+    finally:
+        server.stop(None).wait()

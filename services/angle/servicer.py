@@ -71,7 +71,7 @@ from hipgen.data.images import (
 )
 from hipgen.data.record import LabelRecord
 from hipgen.errors import InputError
-from hipgen.inference.backend import Backend, ModelNotFoundError
+from hipgen.inference.backend import Backend, BackendUnavailableError, ModelNotFoundError
 from hipgen.settings import Settings
 from services.errors import MODEL_NAME, FieldViolation, RequestError
 
@@ -590,6 +590,9 @@ class AngleServicer(angle_pb2_grpc.AngleServiceServicer):
                 results = self._measure_group(name, [prepared[i] for i in idxs])  # type: ignore[misc]
             except AngleRequestError as e:
                 results = [e] * len(idxs)
+            except BackendUnavailableError as e:
+                log.warning("angle backend unavailable", extra={"model": name, "error": str(e)[:300]})
+                results = [AngleRequestError.unavailable(e)] * len(idxs)
             except Exception:
                 log.exception("angle measurement failed", extra={"model": name, "images": len(idxs)})
                 results = [AngleRequestError.internal()] * len(idxs)

@@ -56,7 +56,7 @@ from hipgen.generate.generator import (
 )
 from hipgen.generate.label import GeneratedLabel, auto_label
 from hipgen.generate.sampling import iter_sample
-from hipgen.inference.backend import Backend, ModelNotFoundError
+from hipgen.inference.backend import Backend, BackendUnavailableError, ModelNotFoundError
 from hipgen.settings import Settings
 from services.angle.servicer import label_to_proto
 from services.errors import MODEL_NAME, FieldViolation, RequestError, violation
@@ -268,6 +268,9 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
             return
         try:
             yield from self._run(job, gen, measurer, context)
+        except BackendUnavailableError as e:  # Triton restarting: worth a retry, not a bug
+            log.warning("generation backend unavailable", extra={"model": job.model, "error": str(e)[:300]})
+            RequestError.unavailable(e).abort(context)
         except Exception:  # a backend or labelling failure: one line for the client, the trace in the log
             log.exception("generation failed", extra={"model": job.model})
             RequestError(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE).abort(context)
