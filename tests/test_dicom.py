@@ -436,6 +436,57 @@ def test_cap_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None
         read_dicom(EXTRA_DATA / "RG1_J2KR.dcm", pixel_cap=1_000_000)
 
 
+def test_deflated_data_set_is_refused_before_it_inflates_past_the_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A deflated data set that inflates far beyond one frame at the cap (a decompression bomb: 32 MB of
+    zeros in a private element, ~32 KB on the wire) is refused, never inflated whole by pydicom; the same
+    image without the padding reads at the same cap."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    stored = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 7) % 4096
+    ds = _dataset(stored)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    plain = _bytes(ds).getvalue()
+    ds.add_new(0x00090010, "LO", "FUZZ")
+    ds.add_new(0x00091000, "OB", bytes(32 * 2**20))
+    bomb = _bytes(ds).getvalue()
+    assert len(bomb) < 2**20 < dicom.inflate_limit(64 * 64) < 32 * 2**20
+
+    inflated: list[int] = []
+    real_decompress = dicom.zlib.decompress
+
+    def spy(data: bytes, *args: object) -> bytes:  # pydicom inflates with zlib.decompress, whole
+        out = real_decompress(data, *args)
+        inflated.append(len(out))
+        return out
+
+    monkeypatch.setattr(pydicom.filereader.zlib, "decompress", spy)
+    np.testing.assert_allclose(read_dicom(io.BytesIO(plain), pixel_cap=64 * 64).pixels.shape, (64, 64))
+    with pytest.raises(ImageTooLargeError, match="decompression bomb") as ei:
+        read_dicom(io.BytesIO(bomb), source="bomb.dcm", pixel_cap=64 * 64)
+    _assert_one_line_naming(ei.value, "bomb.dcm")
+    assert max(inflated) < 2**20  # only the plain file was inflated by pydicom
+    assert read_dicom(io.BytesIO(bomb)).pixels.shape == (64, 64)  # within the default cap's limit
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("trailing", [b"", b"\0", b"\0" * 3])
+def test_deflate_check_ends_at_the_stream_end_whatever_follows(trailing: bytes) -> None:
+    """Bytes after the deflate stream (pydicom pads an odd-length data set with one) are left unconsumed
+    by zlib; the check stops at the stream's end instead of feeding them again for ever (it hung on
+    every file whose deflated stream had such a tail)."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = _dataset(np.zeros((8, 8), np.uint16))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.add_new(0x00091000, "OB", bytes(8 * 2**20))  # inflates over several 4 MiB output chunks
+    data = _bytes(ds).getvalue() + trailing
+    dicom._refuse_deflate_bomb(io.BytesIO(data), "tail.dcm", limit=2**30)  # returns: under the limit
+    with pytest.raises(ImageTooLargeError, match="decompression bomb"):
+        dicom._refuse_deflate_bomb(io.BytesIO(data), "tail.dcm", limit=2**20)
+
+
 def test_undecodable_transfer_syntax_names_syntax_and_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
     ds = _dataset(np.zeros((2, 2), np.uint16))
     buf = _bytes(ds)

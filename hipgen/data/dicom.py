@@ -17,7 +17,9 @@ import io
 import json
 import math
 import os
+import struct
 import warnings
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -110,9 +112,73 @@ def _short(e: BaseException) -> str:
 
 
 # --- reading ---------------------------------------------------------------------------------------
-def _dcmread(src: Path | BinaryIO | str, source: str, *, stop_before_pixels: bool = False) -> Dataset:
+_DEFLATED_UID = b"1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+
+
+def inflate_limit(cap: int) -> int:
+    """Most bytes a deflated data set may inflate to: a single frame at the pixel cap (4 bytes a sample,
+    the widest grey-scale sample) plus 16 MiB of other elements."""
+    return cap * 4 + 2**24
+
+
+def _file_meta_end(head: bytes) -> tuple[int, bytes | None]:
+    """Where the data set starts after the (Explicit VR Little Endian) file meta group, and the transfer
+    syntax UID the group names (None without one)."""
+    pos = 132 if head[128:132] == b"DICM" else 0
+    ts = None
+    while pos + 8 <= len(head) and struct.unpack_from("<H", head, pos)[0] == 0x0002:
+        elem, vr = struct.unpack_from("<H", head, pos + 2)[0], head[pos + 4 : pos + 6]
+        if vr in _LONG_VRS:
+            length, at = struct.unpack_from("<I", head, pos + 8)[0], pos + 12
+        else:
+            length, at = struct.unpack_from("<H", head, pos + 6)[0], pos + 8
+        if elem == 0x0010:
+            ts = head[at : at + length].rstrip(b"\0 ")
+        pos = at + length
+    return pos, ts
+
+
+def _refuse_deflate_bomb(fp: BinaryIO, source: str, limit: int) -> None:
+    """pydicom inflates a Deflated Explicit VR Little Endian data set whole, however large: a few MB of
+    zeros become gigabytes. Inflate it here first, in chunks and without keeping the output, and refuse
+    it once it passes ``limit`` bytes. Anything else is left for pydicom to parse (and judge)."""
+    start = fp.tell()
+    total = 0
+    try:
+        end, ts = _file_meta_end(fp.read(1 << 16))
+        if ts != _DEFLATED_UID:
+            return
+        fp.seek(start + end)
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        data = fp.read(1 << 20)
+        # stop at the stream's end: what follows it (a data set's padding byte) stays in
+        # unconsumed_tail, which fed again would loop for ever
+        while data and total <= limit and not inflater.eof:
+            total += len(inflater.decompress(data, 1 << 22))
+            data = inflater.unconsumed_tail or fp.read(1 << 20)
+    except (zlib.error, struct.error):
+        return  # corrupt: pydicom reports it
+    finally:
+        fp.seek(start)
+    if total > limit:
+        raise ImageTooLargeError(
+            source, f"deflated data set inflates to more than {limit} bytes (decompression bomb refused)"
+        )
+
+
+def _dcmread(
+    src: Path | BinaryIO | str,
+    source: str,
+    *,
+    stop_before_pixels: bool = False,
+    max_inflated: int | None = None,
+) -> Dataset:
     """Parse the data set. Files without the Part-10 preamble (old exports) are retried with
-    ``force=True``; what still makes no sense is reported as corrupt."""
+    ``force=True``; what still makes no sense is reported as corrupt. A deflated data set may inflate
+    to at most ``max_inflated`` bytes (default: :func:`inflate_limit` of the settings' pixel cap)."""
     try:
         fp: BinaryIO = open(src, "rb") if isinstance(src, str | os.PathLike) else src  # noqa: SIM115
     except OSError as e:
@@ -121,6 +187,9 @@ def _dcmread(src: Path | BinaryIO | str, source: str, *, stop_before_pixels: boo
         fp = io.BytesIO(fp.read())
     start = fp.tell()
     try:
+        _refuse_deflate_bomb(
+            fp, source, max_inflated if max_inflated is not None else inflate_limit(max_pixels())
+        )
         with _quiet() as caught:
             try:
                 ds = pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels)
@@ -358,7 +427,7 @@ def read_dicom(
     """Decode one single-frame grey-scale DICOM image into a :class:`Radiograph` (bone bright, [0, 1])."""
     name = _source_of(src, source)
     cap = pixel_cap or max_pixels()
-    ds = _dcmread(src, name)
+    ds = _dcmread(src, name, max_inflated=inflate_limit(cap))
     with _quiet():
         try:
             _check_image(ds, name, cap)
