@@ -238,6 +238,26 @@ def test_generate_labeled_names_bad_fields(gateway) -> None:
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "conditions" in violations(e.value)
 
 
+def test_generate_labeled_refuses_a_huge_count_before_building_anything(gateway) -> None:
+    """2**32 − 1 images × 3 conditions used to build a list of 13 billion slots in the gateway (gigabytes,
+    then the deadline); it is refused at once, naming the field."""
+    run, _ = gateway
+    cond = common_pb2.NaCondition(na_left_deg=100, na_right_deg=100)
+    for gen, field in (
+        (
+            generate_pb2.GenerateRequest(conditions=[cond] * 3, images_per_condition=2**32 - 1),
+            "per_condition",
+        ),
+        (generate_pb2.GenerateRequest(conditions=[cond] * 200_000), "generate.conditions"),
+    ):
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as e:
+            run.datasets.GenerateLabeled(dataset_pb2.GenerateLabeledRequest(generate=gen), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+        assert any(field in f for f in violations(e.value)), violations(e.value)
+        assert time.monotonic() - t0 < 5
+
+
 # --- dataset jobs ----------------------------------------------------------------------
 @pytest.mark.parametrize("fmt", ["IMAGEFOLDER", "CLASSFOLDERS", "WEBDATASET", "DICOM"])
 def test_dataset_job_writes_exactly_count_images_in_every_format(gateway, fmt: str) -> None:

@@ -438,6 +438,15 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
                 bad.append(FieldViolation("max_regenerations", f"at most {self.max_regenerations}"))
             if not request.HasField("generate"):
                 bad.append(FieldViolation("generate", "give the generation request"))
+            per = request.generate.images_per_condition or 1
+            total = per * len(request.generate.conditions)
+            if total > self.max_images:  # checked before generate_labeled builds a list of that length
+                bad.append(
+                    FieldViolation(
+                        "generate.images_per_condition" if per > 1 else "generate.conditions",
+                        f"{total} images asked for; at most {self.max_images}",
+                    )
+                )
             if bad:
                 raise DatasetRequestError.invalid(bad)
             try:
