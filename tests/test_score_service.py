@@ -38,6 +38,15 @@ def _violations(err: grpc.RpcError) -> dict[str, str]:
     return out
 
 
+def _retry_delay_s(err: grpc.RpcError) -> float | None:
+    status = rpc_status.from_call(err)
+    for d in status.details if status is not None else ():
+        info = error_details_pb2.RetryInfo()
+        if d.Unpack(info):
+            return info.retry_delay.ToNanoseconds() / 1e9
+    return None
+
+
 def _png(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8)).save(buf, format="PNG")
@@ -183,7 +192,7 @@ def test_a_full_server_refuses_and_a_cancelled_run_stops(
     slot."""
     from hipgen.inference.backend import OrtBackend
     from services.score import ScoreServicer
-    from services.score.servicer import SCORE_CANCELLED
+    from services.score.servicer import BUSY_RETRY_S, SCORE_CANCELLED
     from services.server import build_server
 
     gate, entered = threading.Event(), threading.Event()
@@ -217,6 +226,7 @@ def test_a_full_server_refuses_and_a_cancelled_run_stops(
             with pytest.raises(grpc.RpcError) as e:
                 stub.ScoreSets(_request(score_folders, metrics=["fid"]), timeout=60)
             assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert _retry_delay_s(e.value) == BUSY_RETRY_S  # clients back off instead of retrying at once
             before = SCORE_CANCELLED._value.get()
             stream.cancel()
             threading.Event().wait(0.5)  # the server notices the cancel …
@@ -256,6 +266,26 @@ def test_paths_that_leave_the_data_root_are_refused(
             stub.ScoreSets(req, timeout=60)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert why in _violations(e.value)["candidate.uri"], uri
+
+
+def test_huge_and_nul_values_are_refused_naming_the_field(
+    channel: Any, score_folders: dict[str, Path]
+) -> None:
+    """Descriptions that echo the request are cut, so the status fits gRPC's 8 KiB of trailing metadata (a
+    70 kB backbone name used to reach the client as RESOURCE_EXHAUSTED from its own transport); a URI with
+    a NUL byte, or a name too long for the file system, is INVALID_ARGUMENT (it was INTERNAL)."""
+    stub = score_pb2_grpc.ScoreServiceStub(channel)
+    huge = _request(score_folders, metrics=["m" * 70_000] * 3, feature_backbone="b" * 70_000)
+    huge.candidate.uri = "u" * 70_000
+    nul = _request(score_folders, metrics=["ssim"])
+    nul.candidate.uri = "real\x00/../synthetic"
+    for req, fields in ((huge, {"metrics", "feature_backbone", "candidate.uri"}), (nul, {"candidate.uri"})):
+        with pytest.raises(grpc.RpcError) as e:
+            stub.ScoreSets(req, timeout=60)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+        v = _violations(e.value)
+        assert fields <= set(v), v
+        assert all(len(d.encode()) <= 200 for d in v.values()), v
 
 
 def test_any_uint64_seed_is_accepted(channel: Any, score_folders: dict[str, Path]) -> None:

@@ -12,8 +12,11 @@ Thin by design: reading sets is :mod:`hipgen.score.sets`, features are :mod:`hip
   ``metrics`` (unknown names), ``feature_backbone`` (not offered), ``image_size``. A default backbone or
   angle model that is not deployed answers FAILED_PRECONDITION. Anything unexpected answers INTERNAL
   with a generic message and is logged here (never pixel data).
-- **Load.** At most ``score_max_concurrent`` runs at once; more answer RESOURCE_EXHAUSTED at once rather
-  than queue behind minutes of work.
+- **Load.** At most ``score_max_concurrent`` runs at once; more answer RESOURCE_EXHAUSTED (with a
+  ``RetryInfo`` of ``BUSY_RETRY_S``) at once rather than queue behind minutes of work.
+- **Size of errors.** A violation's description may echo the request (a URI, a backbone or metric name,
+  megabytes long): each is cut to ``DESCRIPTION_BYTES`` so the status fits gRPC's 8 KiB of trailing
+  metadata — over it the client would see RESOURCE_EXHAUSTED from its own transport instead.
 - **Streaming.** ``StreamScoreSets`` runs the same computation on a worker thread and forwards its
   progress events; a cancelled call (or a passed deadline) stops it between batches.
 """
@@ -56,8 +59,20 @@ SCORED_IMAGES = Counter("hipgen_score_images", "Images read for scoring.", ["rol
 SCORE_CANCELLED = Counter("hipgen_score_cancelled", "Scoring runs stopped because the call was cancelled.")
 
 
+BUSY_RETRY_S = 10.0  # RetryInfo of a refusal because every scoring slot is busy
+DESCRIPTION_BYTES = 200  # longest violation description (UTF-8 bytes); ten of them stay well inside 8 KiB
+
+
+def _clip(text: str, limit: int = DESCRIPTION_BYTES) -> str:
+    data = text.encode()
+    return text if len(data) <= limit else data[: limit - 3].decode(errors="ignore") + "..."
+
+
 class ScoreRequestError(RequestError):
-    pass
+    @classmethod
+    def invalid(cls, violations):  # noqa: ANN206 - as RequestError.invalid
+        """INVALID_ARGUMENT with every description cut to :data:`DESCRIPTION_BYTES`."""
+        return super().invalid([FieldViolation(v.field, _clip(v.description)) for v in violations])
 
 
 def _set_violations(
@@ -117,7 +132,10 @@ def _uri_violations(field: str, uri: str, root: Path) -> list[FieldViolation] | 
         return [] if parsed.netloc else [FieldViolation(field, f"{uri}: no bucket")]
     if parsed.scheme not in ("", "file"):
         return [FieldViolation(field, f"{uri}: only file:// and s3:// URIs are read")]
-    where = resolve_inside(uri, root)
+    try:
+        where = resolve_inside(uri, root)
+    except (ValueError, OSError) as e:  # a NUL byte, a name too long for the file system
+        return [FieldViolation(field, f"not a usable path ({type(e).__name__}: {e})")]
     return [FieldViolation(field, f"{uri}: {where}")] if isinstance(where, str) else where
 
 
@@ -262,10 +280,10 @@ class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
         folders: dict[str, Path] = {}
         options = self._options(req, folders)
         if not self._slots.acquire(blocking=False):
-            raise ScoreRequestError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            raise ScoreRequestError.exhausted(
                 f"the server is already computing {self.settings.score_max_concurrent} scoring runs; "
                 "retry later",
+                BUSY_RETRY_S,
             )
         try:
             with SCORE_SECONDS.time():
