@@ -380,6 +380,35 @@ def test_cancel_stops_a_job_and_lists_what_was_written(gateway) -> None:
     assert again.state == dataset_pb2.DATASET_JOB_STATE_CANCELLED  # cancelling a finished job is a no-op
 
 
+def test_cancel_cuts_the_generate_call_in_flight(gateway) -> None:
+    """A job whose one shard is a single long Generate call (32 images × 1000 DDPM steps: minutes on a
+    CPU) is CANCELLED within seconds of the cancel: the shard cancels its stream instead of waiting for
+    the call to finish (it used to stay CANCELLING until then, the model server denoising for nobody)."""
+    run, tmp = gateway
+    out = tmp / "cancelled-in-flight"
+    job = run.datasets.CreateDatasetJob(
+        dataset_pb2.CreateDatasetJobRequest(
+            spec=spec(
+                f"file://{out}", count=32, images_per_shard=32, sampler=generate_pb2.SAMPLER_DDPM, steps=1000
+            )
+        ),
+        timeout=T,
+    ).job
+    get = dataset_pb2.GetDatasetJobRequest(job_id=job.job_id)
+    deadline = time.monotonic() + T
+    while run.datasets.GetDatasetJob(get, timeout=T).job.state != dataset_pb2.DATASET_JOB_STATE_RUNNING:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1.0)  # into the Generate call
+    t0 = time.monotonic()
+    run.datasets.CancelDatasetJob(dataset_pb2.CancelDatasetJobRequest(job_id=job.job_id), timeout=T)
+    final = wait_final(run.datasets, job.job_id, timeout=60)
+    took = time.monotonic() - t0
+    assert final.state == dataset_pb2.DATASET_JOB_STATE_CANCELLED
+    assert took < 15, f"still denoising for a cancelled job: CANCELLED only after {took:.0f} s"
+    assert final.progress.images_done == 0 and verify_manifest(out).ok
+
+
 def test_bad_job_requests_name_every_field(gateway) -> None:
     run, tmp = gateway
     bad = dataset_pb2.DatasetJobSpec(
