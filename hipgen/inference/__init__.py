@@ -24,5 +24,7 @@ def make_backend(settings: Settings) -> Backend:
     if settings.backend == "ort":
         from hipgen.inference.backend import OrtBackend
 
-        return OrtBackend(settings.model_repository)
+        return OrtBackend(
+            settings.model_repository, max_concurrent_runs=settings.ort_max_concurrent_runs or None
+        )
     raise ValueError(f"unknown inference backend {settings.backend!r}; one of ort, triton")

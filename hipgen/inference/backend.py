@@ -81,7 +81,14 @@ def latest_version(repository: Path, name: str) -> Path:
 
 class OrtBackend:
     """ONNX Runtime over a Triton-layout model repository; sessions load on first use and are shared
-    by all threads (``InferenceSession.run`` is thread-safe)."""
+    by all threads (``InferenceSession.run`` is thread-safe).
+
+    ``max_concurrent_runs`` bounds the runs of one model in flight at once (the rest wait their turn):
+    each run's activations come out of the session's memory arena, which grows to the largest total
+    ever in flight and never shrinks, while runs beyond the first few only share the same cores
+    (intra-op threads already use them all). Measured on the committed generator (2 cores, batch 8,
+    DDIM-10): 1/2/4/8 concurrent Generate calls peaked at 1.4/1.8/2.3/3.0 GB with the same images/s.
+    None: unbounded."""
 
     def __init__(
         self,
@@ -89,12 +96,17 @@ class OrtBackend:
         *,
         threads: int | None = None,
         providers: list[str] | None = None,
+        max_concurrent_runs: int | None = None,
     ) -> None:
+        if max_concurrent_runs is not None and max_concurrent_runs < 1:
+            raise ValueError(f"max_concurrent_runs must be at least 1, not {max_concurrent_runs}")
         self.repository = Path(repository)
         self.threads = threads
         self.providers = providers or ["CPUExecutionProvider"]
+        self.max_concurrent_runs = max_concurrent_runs
         self._sessions: dict[str, Any] = {}
         self._infos: dict[str, ModelInfo] = {}
+        self._turns: dict[str, threading.BoundedSemaphore] = {}
         self._lock = threading.Lock()
 
     def _session(self, model: str) -> Any:
@@ -112,6 +124,8 @@ class OrtBackend:
                 sess = ort.InferenceSession(str(path), sess_options=opts, providers=self.providers)
                 manifest = read_manifest(self.repository, model)
                 self._sessions[model] = sess
+                if self.max_concurrent_runs is not None:
+                    self._turns[model] = threading.BoundedSemaphore(self.max_concurrent_runs)
                 self._infos[model] = ModelInfo(
                     name=model,
                     version=str(manifest.get("version", version_dir.name)),
@@ -126,7 +140,11 @@ class OrtBackend:
         names = [o.name for o in sess.get_outputs()]
         types = {i.name: _ORT_DTYPES.get(i.type, np.float32) for i in sess.get_inputs()}
         feed = {k: np.ascontiguousarray(v, types.get(k, np.float32)) for k, v in inputs.items()}
-        return dict(zip(names, sess.run(names, feed), strict=True))
+        turn = self._turns.get(model)
+        if turn is None:
+            return dict(zip(names, sess.run(names, feed), strict=True))
+        with turn:
+            return dict(zip(names, sess.run(names, feed), strict=True))
 
     def model_info(self, model: str) -> ModelInfo:
         self._session(model)
